@@ -1,0 +1,148 @@
+"""The `configsync` command: operate a ConfigSync installation.
+
+Operator commands talk to the database named by DATABASE_URL: migrate, serve, projections,
+audit verify, create-admin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from configsync.errors import ConfigSyncError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return handler(args)
+    except ConfigSyncError as exc:
+        print(f"configsync: {exc.detail}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="configsync", description=__doc__)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    migrate = commands.add_parser("migrate", help="bring the database schema up to date")
+    migrate.set_defaults(handler=_migrate)
+
+    serve = commands.add_parser("serve", help="serve the HTTP API (uvicorn, uvloop, httptools)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--reload", action="store_true", help="restart on code changes (development)")
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(handler=_serve)
+
+    proj = commands.add_parser("projections", help="inspect and rebuild read models")
+    proj_commands = proj.add_subparsers(title="projection commands", metavar="ACTION")
+    rebuild = proj_commands.add_parser("rebuild", help="replay every event into a projection")
+    rebuild.add_argument("name", choices=["current"])
+    rebuild.set_defaults(handler=_projections_rebuild)
+    verify = proj_commands.add_parser("verify", help="check `current` against a fresh fold")
+    verify.set_defaults(handler=_projections_verify)
+
+    audit = commands.add_parser("audit", help="the tamper-evident log")
+    audit_commands = audit.add_subparsers(title="audit commands", metavar="ACTION")
+    audit_verify = audit_commands.add_parser("verify", help="walk and check the hash chain")
+    audit_verify.set_defaults(handler=_audit_verify)
+    return parser
+
+
+def _session_factory() -> Any:
+    from configsync.db import make_engine, make_session_factory
+    from configsync.settings import get_settings
+
+    return make_session_factory(make_engine(get_settings().database_url))
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _migrate(_args: argparse.Namespace) -> int:
+    from configsync.migrations import upgrade
+    from configsync.settings import get_settings
+
+    upgrade(get_settings().database_url)
+    print("database is up to date")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from configsync.settings import get_settings
+
+    settings = get_settings()  # fail here, with the message, rather than in every worker
+    settings.signing_key()
+    uvicorn.run(
+        "configsync.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        reload=args.reload,
+        workers=None if args.reload else args.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+    return 0
+
+
+def _projections_rebuild(args: argparse.Namespace) -> int:
+    from configsync.db import unit_of_work
+    from projections import current
+
+    with unit_of_work(_session_factory()) as session:
+        replayed = current.rebuild(session)
+    print(f"rebuilt {args.name} from {replayed} events")
+    return 0
+
+
+def _projections_verify(_args: argparse.Namespace) -> int:
+    from projections import current
+
+    session = _session_factory()()
+    try:
+        mismatches = current.verify(session)
+    finally:
+        session.close()
+    if mismatches:
+        for mismatch in mismatches:
+            print(f"MISMATCH {mismatch.stream}: {mismatch.reason}")
+        return 1
+    print("current matches the events")
+    return 0
+
+
+def _audit_verify(_args: argparse.Namespace) -> int:
+    from configsync.events import verify_chain
+
+    session = _session_factory()()
+    try:
+        report = verify_chain(session)
+    finally:
+        session.close()
+    _print_json(
+        {"ok": report.ok, "checked": report.checked, "first_bad_position": report.first_bad_position}
+    )
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,244 @@
+"""Config documents: validation, merge patch, changes, fold, summaries.
+
+One place computes changes (the store, the diff endpoint, compare and the audit summary all call
+`compute_changes`) and one place folds them back (`apply_changes` / `fold`). Changes are plain
+JSON operations:
+
+    {"op": "add",     "path": ["a", "b"], "value": ...}
+    {"op": "replace", "path": ["a", "b"], "value": ..., "old": ...}
+    {"op": "remove",  "path": ["a", "b"], "old": ...}
+
+Arrays are values: a change anywhere inside an array replaces the whole array (as JSON merge
+patch treats them), so every path is a list of object keys and the operations of one change set
+never overlap, which makes their order irrelevant to the fold.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from deepdiff import DeepDiff
+
+from configsync.errors import DocumentTooLarge, InvalidDocument, InvalidName
+from configsync.events.canonical import JSONValue, canonical_json, check_json, loads
+
+log = logging.getLogger(__name__)
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+DEFAULT_ENVIRONMENT = "default"
+
+Document = dict[str, JSONValue]
+Change = dict[str, Any]
+
+
+def validate_name(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise InvalidName(
+            f"invalid {kind} name {value!r}: use 1 to 63 characters from a-z, 0-9, '.', '_' "
+            "and '-', starting with a letter or digit"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_bytes: int = 256 * 1024
+    max_keys: int = 2000
+    max_depth: int = 20
+
+
+def validate_document(document: Any, limits: Limits) -> str:
+    """Check a document against the rules and limits; return its canonical JSON."""
+    if not isinstance(document, dict):
+        raise InvalidDocument(
+            f"a config document must be a JSON object, not {_json_type_name(document)}"
+        )
+    keys, depth = _count_keys_and_depth(document, limits.max_depth)
+    if depth > limits.max_depth:
+        raise InvalidDocument(
+            f"document is nested more than {limits.max_depth} levels deep"
+        )
+    if keys > limits.max_keys:
+        raise InvalidDocument(f"document has {keys} keys; the limit is {limits.max_keys}")
+    check_json(document)
+    text = canonical_json(document)
+    size = len(text.encode("utf-8"))
+    if size > limits.max_bytes:
+        raise DocumentTooLarge(
+            f"document is {size} bytes as JSON; the limit is {limits.max_bytes} bytes"
+        )
+    return text
+
+
+def _count_keys_and_depth(document: Document, max_depth: int) -> tuple[int, int]:
+    # Iterative, and stops descending past the limit: a 10,000-deep document costs nothing.
+    keys = 0
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > max_depth:
+            return keys, deepest
+        if isinstance(node, dict):
+            keys += len(node)
+            stack.extend((child, depth + 1) for child in node.values() if _is_container(child))
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node if _is_container(child))
+    return keys, deepest
+
+
+def _is_container(value: Any) -> bool:
+    return isinstance(value, dict | list)
+
+
+def _json_type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
+
+
+def documents_equal(a: JSONValue, b: JSONValue) -> bool:
+    """Equality as JSON sees it: 1, 1.0 and true are three different values, -0.0 is not 0.0."""
+    return canonical_json(a) == canonical_json(b)
+
+
+def copy_document(document: Document) -> Document:
+    copied: Document = loads(canonical_json(document))
+    return copied
+
+
+def merge_patch(target: JSONValue, patch: JSONValue) -> JSONValue:
+    """RFC 7396 JSON Merge Patch: objects merge, null removes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def compute_changes(old: Document, new: Document) -> list[Change]:
+    """The operations that turn `old` into `new`, in a stable order; empty when they are equal."""
+    if documents_equal(old, new):
+        return []
+    tree = DeepDiff(old, new, view="tree", threshold_to_diff_deeper=0, verbose_level=2)
+    by_path: dict[tuple[str, ...], Change] = {}
+    for report_type, levels in tree.items():
+        for level in levels:
+            path = level.path(output_format="list")
+            _record(by_path, report_type, path, old, new)
+    changes = [by_path[path] for path in sorted(by_path)]
+    # deepdiff compares as Python does, so it cannot see some differences that JSON can
+    # (-0.0 against 0.0, for one). The stored changes must rebuild `new` exactly: check, and fall
+    # back to replacing the whole document if they do not.
+    if not documents_equal(apply_changes(copy_document(old), changes), new):
+        log.debug("deepdiff missed a difference; storing a whole-document replace")
+        changes = [{"op": "replace", "path": [], "value": new, "old": old}]
+    return changes
+
+
+def _record(
+    by_path: dict[tuple[str, ...], Change],
+    report_type: str,
+    path: list[Any],
+    old: Document,
+    new: Document,
+) -> None:
+    cut = next((i for i, part in enumerate(path) if isinstance(part, int)), None)
+    if cut is not None:  # inside an array: the whole array is the value that changed
+        key = tuple(path[:cut])
+        report_type = "values_changed"
+    else:
+        key = tuple(path)
+    if any(key[:n] in by_path for n in range(len(key))):
+        return  # an enclosing value is already replaced whole
+    if report_type == "dictionary_item_added":
+        by_path[key] = {"op": "add", "path": list(key), "value": _get(new, key)}
+    elif report_type == "dictionary_item_removed":
+        by_path[key] = {"op": "remove", "path": list(key), "old": _get(old, key)}
+    else:
+        by_path[key] = {
+            "op": "replace",
+            "path": list(key),
+            "value": _get(new, key),
+            "old": _get(old, key),
+        }
+    for other in [p for p in by_path if len(p) > len(key) and p[: len(key)] == key]:
+        del by_path[other]
+
+
+def _get(document: JSONValue, path: Iterable[str]) -> JSONValue:
+    node = document
+    for part in path:
+        node = node[part]  # type: ignore[index]
+    return node
+
+
+def apply_changes(document: Document, changes: Iterable[Mapping[str, Any]]) -> Document:
+    """Apply stored operations to `document` (modified in place, and returned)."""
+    for change in changes:
+        path = change["path"]
+        if not path:  # the whole document
+            if change["op"] == "remove":
+                document = {}
+            else:
+                document = change["value"]
+            continue
+        parent = document
+        for part in path[:-1]:
+            parent = parent.setdefault(part, {})
+        if change["op"] == "remove":
+            parent.pop(path[-1], None)
+        else:
+            parent[path[-1]] = change["value"]
+    return document
+
+
+@dataclass(frozen=True, slots=True)
+class Folded:
+    version: int
+    document: Document
+    deleted: bool
+
+
+def fold(events: Iterable[Any]) -> Folded:
+    """Rebuild a stream's state from its events (anything with `.version` and `.data`)."""
+    document: Document = {}
+    version = 0
+    deleted = False
+    for event in events:
+        document = apply_changes(document, event.data["changes"])
+        deleted = bool(event.data.get("deleted"))
+        version = event.version
+    return Folded(version=version, document=document, deleted=deleted)
+
+
+def summarize(changes: Iterable[Mapping[str, Any]], *, max_names: int = 10) -> str:
+    """One line for humans: `+2 ~1 -0: API_URL, TIMEOUT, RETRIES`."""
+    counts = {"add": 0, "replace": 0, "remove": 0}
+    names: list[str] = []
+    for change in changes:
+        counts[change["op"]] += 1
+        names.append(".".join(change["path"]) or "(whole document)")
+    line = f"+{counts['add']} ~{counts['replace']} -{counts['remove']}"
+    if names:
+        shown = ", ".join(names[:max_names])
+        more = len(names) - max_names
+        line += f": {shown}" + (f" and {more} more" if more > 0 else "")
+    return line

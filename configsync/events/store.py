@@ -1,0 +1,329 @@
+"""The event store: append with an expected version, read streams, read the global feed, verify.
+
+Every function takes the caller's Session and works inside its transaction; none commits. The
+caller commits (or rolls back) once the inline projections have been applied, so an event and
+the read models it updates become visible together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from configsync.db import utcnow
+from configsync.errors import InvalidDocument, VersionConflict
+from configsync.events.canonical import canonical_json, loads
+from configsync.events.models import EventRow
+
+CONFIG_CHANGED = "ConfigChanged"
+GENESIS_HASH = "0" * 64
+
+# Keys for PostgreSQL advisory locks. The one-key (bigint) and two-key (int, int) forms live in
+# separate key spaces, so the global append lock cannot collide with a stream lock.
+APPEND_LOCK_KEY = 0x636F_6E66_6967_7301  # "configs" + 1
+STREAM_LOCK_NAMESPACE = 0x6373_7472  # "cstr"
+
+
+# Events are read as plain rows, not ORM objects: replays read hundreds of thousands of them and
+# an identity map would only hold them in memory.
+_EVENT_COLUMNS = (
+    EventRow.position,
+    EventRow.event_id,
+    EventRow.stream,
+    EventRow.version,
+    EventRow.type,
+    EventRow.data,
+    EventRow.metadata_,
+    EventRow.recorded_at,
+    EventRow.prev_hash,
+    EventRow.hash,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    position: int
+    event_id: str
+    stream: str
+    version: int
+    type: str
+    data: dict[str, Any]
+    metadata: dict[str, Any]
+    recorded_at: datetime
+    prev_hash: str
+    hash: str
+
+    @classmethod
+    def from_row(cls, row: Any) -> StoredEvent:
+        return cls(
+            position=row.position,
+            event_id=row.event_id,
+            stream=row.stream,
+            version=row.version,
+            type=row.type,
+            data=loads(row.data),
+            metadata=loads(row.metadata_),
+            recorded_at=row.recorded_at,
+            prev_hash=row.prev_hash,
+            hash=row.hash,
+        )
+
+
+def stream_name(service: str, environment: str) -> str:
+    return f"{service}/{environment}"
+
+
+def split_stream(stream: str) -> tuple[str, str]:
+    service, _, environment = stream.partition("/")
+    return service, environment
+
+
+def format_instant(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def event_hash(
+    prev_hash: str,
+    *,
+    position: int,
+    event_id: str,
+    stream: str,
+    version: int,
+    type: str,
+    data: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+    recorded_at: datetime,
+) -> str:
+    body = canonical_json(
+        {
+            "position": position,
+            "event_id": event_id,
+            "stream": stream,
+            "version": version,
+            "type": type,
+            "data": data,
+            "metadata": metadata,
+            "recorded_at": format_instant(recorded_at),
+        }
+    )
+    return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
+
+
+def lock_stream(session: Session, stream: str) -> None:
+    """Serialize writers of one stream until the transaction ends.
+
+    A writer that reads the current document, computes its changes and then appends holds this
+    so that nobody appends to the same stream in between: the changes it stores are always
+    computed against the document they apply to. Writers of other streams are not held up. On
+    SQLite every write transaction already holds the database's single write lock.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:ns, hashtext(:stream))"),
+            {"ns": STREAM_LOCK_NAMESPACE, "stream": stream},
+        )
+
+
+def _lock_appends(session: Session) -> None:
+    # Why appends are serialized: positions are handed out as max(position) + 1 and the hash
+    # chain links each event to the one before it, so exactly one append may be between "read the
+    # last event" and "commit" at a time. More importantly, subscribers read "every event after my
+    # checkpoint". With a sequence, transaction B could take position 8 and commit while A, holding
+    # position 7, is still open; a subscriber would then read 8, move its checkpoint to 8 and never
+    # see 7. Holding one transaction-scoped lock from before the read of the last position until
+    # commit makes positions become visible strictly in order and leaves no gaps (a rolled-back
+    # append consumes nothing). PostgreSQL releases the lock only after the commit is visible.
+    # On SQLite, BEGIN IMMEDIATE (configsync.db) already gives every writer the whole database.
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK_KEY})
+
+
+def stream_version(session: Session, stream: str) -> int:
+    """The stream's last version, 0 when it has no events."""
+    found = session.scalar(select(func.max(EventRow.version)).where(EventRow.stream == stream))
+    return int(found or 0)
+
+
+def append(
+    session: Session,
+    stream: str,
+    expected_version: int,
+    data: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+    *,
+    type: str = CONFIG_CHANGED,
+) -> StoredEvent:
+    """Append one event to `stream`, which must be at `expected_version` (0: no events yet).
+
+    Raises VersionConflict (and appends nothing) when it is not. Payloads must be plain JSON.
+    """
+    data = dict(data)
+    metadata = dict(metadata)
+    data_json = canonical_json(data)
+    metadata_json = canonical_json(metadata)
+
+    _lock_appends(session)
+    actual = stream_version(session, stream)
+    if actual != expected_version:
+        raise VersionConflict(stream, expected_version, actual)
+
+    last = session.execute(
+        select(EventRow.position, EventRow.hash, EventRow.recorded_at)
+        .order_by(EventRow.position.desc())
+        .limit(1)
+    ).first()
+    position = last.position + 1 if last else 1
+    prev_hash = last.hash if last else GENESIS_HASH
+    # recorded_at never goes backwards along the log, even if the clock does: point-in-time
+    # reads ("as of T") rely on time and position agreeing.
+    recorded_at = max(utcnow(), last.recorded_at) if last else utcnow()
+    event_id = str(uuid.uuid4())
+    version = expected_version + 1
+    digest = event_hash(
+        prev_hash,
+        position=position,
+        event_id=event_id,
+        stream=stream,
+        version=version,
+        type=type,
+        data=data,
+        metadata=metadata,
+        recorded_at=recorded_at,
+    )
+    try:
+        session.execute(
+            insert(EventRow).values(
+                position=position,
+                event_id=event_id,
+                stream=stream,
+                version=version,
+                type=type,
+                data=data_json,
+                metadata_=metadata_json,
+                recorded_at=recorded_at,
+                prev_hash=prev_hash,
+                hash=digest,
+            )
+        )
+    except IntegrityError as exc:  # the unique (stream, version): last line of defence only
+        raise VersionConflict(stream, expected_version, stream_version(session, stream)) from exc
+    return StoredEvent(
+        position=position,
+        event_id=event_id,
+        stream=stream,
+        version=version,
+        type=type,
+        data=data,
+        metadata=metadata,
+        recorded_at=recorded_at,
+        prev_hash=prev_hash,
+        hash=digest,
+    )
+
+
+def read_stream(
+    session: Session,
+    stream: str,
+    *,
+    up_to_version: int | None = None,
+    until: datetime | None = None,
+    from_version: int = 1,
+) -> list[StoredEvent]:
+    """A stream's events in version order: all, up to a version, or recorded no later than `until`."""
+    query = select(*_EVENT_COLUMNS).where(
+        EventRow.stream == stream, EventRow.version >= from_version
+    )
+    if up_to_version is not None:
+        query = query.where(EventRow.version <= up_to_version)
+    if until is not None:
+        query = query.where(EventRow.recorded_at <= until)
+    rows = session.execute(query.order_by(EventRow.version))
+    return [StoredEvent.from_row(row) for row in rows]
+
+
+def read_after(session: Session, after: int, limit: int = 1000) -> list[StoredEvent]:
+    """Events with position > `after`, in global order, at most `limit` of them."""
+    rows = session.execute(_after(after, limit))
+    return [StoredEvent.from_row(row) for row in rows]
+
+
+def _after(after: int, limit: int) -> Any:
+    return (
+        select(*_EVENT_COLUMNS)
+        .where(EventRow.position > after)
+        .order_by(EventRow.position)
+        .limit(limit)
+    )
+
+
+def iter_all(session: Session, *, after: int = 0, batch_size: int = 5000) -> Iterator[StoredEvent]:
+    """Every event after `after`, in global order, read in batches (keyset paging)."""
+    while True:
+        batch = read_after(session, after, batch_size)
+        yield from batch
+        if len(batch) < batch_size:
+            return
+        after = batch[-1].position
+
+
+def last_position(session: Session) -> int:
+    return int(session.scalar(select(func.max(EventRow.position))) or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    ok: bool
+    checked: int
+    first_bad_position: int | None
+
+
+def verify_chain(session: Session, *, batch_size: int = 5000) -> ChainReport:
+    """Walk the whole log and recompute every hash from what the database gives back.
+
+    The first event whose position is out of sequence, whose prev_hash is not its predecessor's
+    hash, or whose hash does not match its content is reported.
+    """
+    expected_prev = GENESIS_HASH
+    expected_position = 1
+    checked = 0
+    after = 0
+    while True:
+        rows = session.execute(_after(after, batch_size)).all()
+        for row in rows:
+            if not _row_is_intact(row, expected_position, expected_prev):
+                return ChainReport(ok=False, checked=checked, first_bad_position=row.position)
+            checked += 1
+            expected_prev = row.hash
+            expected_position += 1
+        if len(rows) < batch_size:
+            return ChainReport(ok=True, checked=checked, first_bad_position=None)
+        after = rows[-1].position
+
+
+def _row_is_intact(row: Any, expected_position: int, expected_prev: str) -> bool:
+    if row.position != expected_position or row.prev_hash != expected_prev:
+        return False
+    try:
+        ev = StoredEvent.from_row(row)
+        recomputed = event_hash(
+            ev.prev_hash,
+            position=ev.position,
+            event_id=ev.event_id,
+            stream=ev.stream,
+            version=ev.version,
+            type=ev.type,
+            data=ev.data,
+            metadata=ev.metadata,
+            recorded_at=ev.recorded_at,
+        )
+    except (ValueError, TypeError, InvalidDocument):  # no longer JSON, or no longer plain JSON
+        return False
+    return row.hash == recomputed

@@ -1,0 +1,135 @@
+"""One Settings object, read from the environment.
+
+`DATABASE_URL`, `REDIS_URL`, `SECRET_KEY`, `API_KEY` and `PROJECT_NAME` are read bare, as the
+original ConfigSync README documents them (and also with the `CONFIGSYNC_` prefix); everything
+else takes the `CONFIGSYNC_` prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from configsync.errors import ConfigurationError
+
+DEFAULT_DATABASE_URL = "sqlite:///./configsync.db"
+SECRET_KEY_FILE = ".configsync-secret-key"
+MIN_SECRET_KEY_LENGTH = 32
+# Values that have been published as defaults somewhere and so are no secret at all.
+KNOWN_WEAK_SECRETS = frozenset({"", "supersecretkey", "changeme", "changethis", "secret"})
+
+
+def _bare_or_prefixed(name: str) -> AliasChoices:
+    return AliasChoices(name, f"CONFIGSYNC_{name}")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CONFIGSYNC_", populate_by_name=True, extra="ignore", frozen=True
+    )
+
+    env: Literal["development", "production"] = "development"
+    database_url: str = Field(DEFAULT_DATABASE_URL, validation_alias=_bare_or_prefixed("DATABASE_URL"))
+    redis_url: str | None = Field(None, validation_alias=_bare_or_prefixed("REDIS_URL"))
+    secret_key: str | None = Field(None, validation_alias=_bare_or_prefixed("SECRET_KEY"))
+    legacy_api_key: str | None = Field(None, validation_alias=_bare_or_prefixed("API_KEY"))
+    project_name: str = Field("ConfigSync", validation_alias=_bare_or_prefixed("PROJECT_NAME"))
+
+    access_token_minutes: int = Field(60, ge=1, le=60 * 24 * 30)
+    max_document_bytes: int = Field(256 * 1024, ge=1024)
+    max_document_keys: int = Field(2000, ge=1)
+    max_document_depth: int = Field(20, ge=1, le=100)
+    max_reason_length: int = Field(1000, ge=1)
+    max_wait_seconds: float = Field(60.0, ge=0)
+    history_page_max: int = Field(500, ge=1)
+    # How long a write may wait for the broker before it gives up on sending the task (the
+    # periodic catch-up projects the event later anyway).
+    broker_publish_timeout: float = Field(0.5, gt=0)
+    audit_log: str = "logs/config_audit.log"
+    catch_up_interval_seconds: float = Field(5.0, gt=0)
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _refuse_weak_secret_in_production(self) -> Settings:
+        if self.env == "production" and not is_strong_secret(self.secret_key):
+            raise ConfigurationError(
+                "CONFIGSYNC_ENV=production needs a real SECRET_KEY: set SECRET_KEY to at least "
+                f"{MIN_SECRET_KEY_LENGTH} random characters, for example the output of "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`."
+            )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def embedded(self) -> bool:
+        """No broker: asynchronous projections run in-process right after each commit."""
+        return not self.redis_url
+
+    def signing_key(self) -> str:
+        """The key that signs tokens.
+
+        In development with no SECRET_KEY, one is generated once and kept in a file beside the
+        database, so that tokens survive a restart without anybody having to set anything.
+        """
+        if self.secret_key:
+            return self.secret_key
+        if self.env == "production":  # unreachable: the validator refuses this; kept as a guard
+            raise ConfigurationError("SECRET_KEY is not set")
+        return _development_secret(self.secret_key_file())
+
+    def secret_key_file(self) -> Path:
+        if self.is_sqlite:
+            db_path = sqlite_path(self.database_url)
+            if db_path is not None:
+                return db_path.parent / SECRET_KEY_FILE
+        return Path.cwd() / SECRET_KEY_FILE
+
+
+def is_strong_secret(value: str | None) -> bool:
+    return (
+        value is not None
+        and value.lower() not in KNOWN_WEAK_SECRETS
+        and len(value) >= MIN_SECRET_KEY_LENGTH
+    )
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a sqlite URL, or None for an in-memory database."""
+    _, _, rest = url.partition(":///")
+    path = rest.split("?", 1)[0]
+    if not path or path == ":memory:":
+        return None
+    return Path(path).resolve()
+
+
+def _development_secret(path: Path) -> str:
+    try:
+        existing = path.read_text().strip()
+    except FileNotFoundError:
+        existing = ""
+    if existing:
+        return existing
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    # O_EXCL: when two processes start at once, one writes and the other reads what it wrote.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

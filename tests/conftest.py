@@ -1,0 +1,156 @@
+"""Fixtures: real PostgreSQL and Redis (from CONFIGSYNC_TEST_*), fresh SQLite files.
+
+Without CONFIGSYNC_REQUIRE_SERVICES, a test that needs a server that is not there is skipped
+with the reason; with it (CI), such a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from configsync.db import make_engine, make_session_factory
+from configsync.migrations import upgrade
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/configsync_test"
+DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
+REQUIRE_SERVICES = os.environ.get("CONFIGSYNC_REQUIRE_SERVICES", "") not in ("", "0", "false")
+
+# Tables emptied between PostgreSQL tests, children first.
+TABLES = [
+    "api_keys",
+    "services",
+    "users",
+    "config_current",
+    "projection_checkpoints",
+    "events",
+]
+
+
+def missing_service(reason: str) -> None:
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (CONFIGSYNC_REQUIRE_SERVICES is set)")
+    pytest.skip(reason)
+
+
+def database_url_for_tests() -> str:
+    return os.environ.get("CONFIGSYNC_TEST_DATABASE_URL", DEFAULT_TEST_DATABASE_URL)
+
+
+def redis_url_for_tests() -> str:
+    return os.environ.get("CONFIGSYNC_TEST_REDIS_URL", DEFAULT_TEST_REDIS_URL)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _ensure_database(url: str) -> None:
+    """Create the test database if the server is there and the database is not."""
+    target = make_url(url)
+    admin = make_engine(
+        target.set(database="postgres").render_as_string(hide_password=False),
+        isolation_level="AUTOCOMMIT",
+    )
+    try:
+        with admin.connect() as conn:
+            exists = conn.scalar(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"),
+                {"name": target.database},
+            )
+            if not exists:
+                conn.execute(text(f'CREATE DATABASE "{target.database}"'))
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    url = database_url_for_tests()
+    try:
+        _ensure_database(url)
+        upgrade(url)
+    except Exception as exc:  # no server, refused, bad credentials
+        missing_service(f"PostgreSQL is not reachable at {url}: {exc.__class__.__name__}: {exc}")
+    return url
+
+
+@pytest.fixture(scope="session")
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    engine = make_engine(pg_url, pool_size=25, max_overflow=10)
+    yield engine
+    engine.dispose()
+
+
+def reset_postgres(engine: Engine) -> None:
+    # TRUNCATE on events is refused by its trigger (that is the point of it); the tests switch
+    # the triggers off for the length of this one transaction, as the superuser they run as.
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE events DISABLE TRIGGER USER"))
+        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
+        conn.execute(text("ALTER TABLE events ENABLE TRIGGER USER"))
+
+
+@pytest.fixture
+def pg(pg_engine: Engine) -> Engine:
+    """The PostgreSQL test database, emptied."""
+    reset_postgres(pg_engine)
+    return pg_engine
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    path = tmp_path / f"configsync-{uuid.uuid4().hex[:8]}.db"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def sqlite(sqlite_url: str) -> Iterator[Engine]:
+    engine = make_engine(sqlite_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """Each test using this runs twice: on PostgreSQL and on the embedded SQLite."""
+    fixture: Engine = request.getfixturevalue("pg" if request.param == "postgresql" else "sqlite")
+    return fixture
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return make_session_factory(engine)
+
+
+@pytest.fixture
+def session(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    with sessions() as s:
+        yield s
+
+
+def scalar(engine: Engine, sql: str, **params: Any) -> Any:
+    with engine.connect() as conn:
+        return conn.scalar(text(sql), params)
