@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from alembic import context
-
 from configsync.db import Base, make_engine
 from configsync.models import import_all_models
 

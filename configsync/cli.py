@@ -43,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the HTTP API (uvicorn, uvloop, httptools)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--reload", action="store_true", help="restart on code changes (development)")
+    serve.add_argument(
+        "--reload", action="store_true", help="restart on code changes (development)"
+    )
     serve.add_argument("--workers", type=int, default=1)
     serve.set_defaults(handler=_serve)
 
@@ -139,7 +141,11 @@ def _audit_verify(_args: argparse.Namespace) -> int:
     finally:
         session.close()
     _print_json(
-        {"ok": report.ok, "checked": report.checked, "first_bad_position": report.first_bad_position}
+        {
+            "ok": report.ok,
+            "checked": report.checked,
+            "first_bad_position": report.first_bad_position,
+        }
     )
     return 0 if report.ok else 1
 

@@ -159,10 +159,10 @@ def upsert(
     where: Any = None,
 ) -> None:
     """INSERT … ON CONFLICT (key) DO UPDATE SET update…; both dialects speak it."""
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = session.get_bind().dialect.name
+    insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = insert(table).values(values)
     statement = statement.on_conflict_do_update(
         index_elements=key,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 
 def import_all_models() -> None:
-    import configsync.auth.models  # noqa: F401
-    import configsync.configs.models  # noqa: F401
+    import configsync.auth.models
+    import configsync.configs.models
     import configsync.events.models  # noqa: F401
-    import projections.base  # noqa: F401
+    import projections.base
     import projections.current  # noqa: F401

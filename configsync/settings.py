@@ -35,7 +35,9 @@ class Settings(BaseSettings):
     )
 
     env: Literal["development", "production"] = "development"
-    database_url: str = Field(DEFAULT_DATABASE_URL, validation_alias=_bare_or_prefixed("DATABASE_URL"))
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL, validation_alias=_bare_or_prefixed("DATABASE_URL")
+    )
     redis_url: str | None = Field(None, validation_alias=_bare_or_prefixed("REDIS_URL"))
     secret_key: str | None = Field(None, validation_alias=_bare_or_prefixed("SECRET_KEY"))
     legacy_api_key: str | None = Field(None, validation_alias=_bare_or_prefixed("API_KEY"))

@@ -86,7 +86,9 @@ def position(session: Session) -> int:
     return int(session.scalar(select(func.max(ConfigCurrentRow.position))) or 0)
 
 
-def apply(session: Session, event: StoredEvent, document_before: Document | None = None) -> Document:
+def apply(
+    session: Session, event: StoredEvent, document_before: Document | None = None
+) -> Document:
     """Apply one event; `document_before` saves a read when the caller already holds it."""
     service, environment = split_stream(event.stream)
     if document_before is None:
@@ -170,4 +172,3 @@ def verify(session: Session) -> list[Mismatch]:
         elif not documents_equal(row.document, folded.document):
             mismatches.append(Mismatch(stream, "document differs from the fold of its events"))
     return mismatches
-

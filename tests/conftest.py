@@ -154,3 +154,32 @@ def session(sessions: sessionmaker[Session]) -> Iterator[Session]:
 def scalar(engine: Engine, sql: str, **params: Any) -> Any:
     with engine.connect() as conn:
         return conn.scalar(text(sql), params)
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """The environment for a subprocess, without any ConfigSync setting of ours leaking in."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CONFIGSYNC_")
+        and k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "API_KEY", "PROJECT_NAME")
+    }
+    env.update(overrides)
+    return env
+
+
+def cli(*args: str, env: dict[str, str], cwd: Path | None = None, stdin: str | None = None) -> Any:
+    """Run the installed `configsync` command."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("configsync")
+    return subprocess.run(
+        [str(exe), *args],
+        env=env,
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -37,7 +37,9 @@ def _append(sessions: sessionmaker[Session], stream: str, expected: int, **chang
         return event
 
 
-def test_append_assigns_versions_positions_and_chains_hashes(sessions: sessionmaker[Session]) -> None:
+def test_append_assigns_versions_positions_and_chains_hashes(
+    sessions: sessionmaker[Session],
+) -> None:
     first = _append(sessions, "pay/prod", 0, A=1)
     second = _append(sessions, "pay/prod", 1, B=2)
     other = _append(sessions, "web/prod", 0, C=3)
@@ -71,8 +73,12 @@ def test_stale_expected_version_is_rejected_and_appends_nothing(
 
 
 def test_payloads_must_be_plain_json(sessions: sessionmaker[Session], engine: Engine) -> None:
-    for bad in ({"changes": [], "x": float("nan")}, {"changes": [], "x": {1: "int key"}},
-                {"changes": [], "x": b"bytes"}, {"changes": [], "x": "nul\x00"}):
+    for bad in (
+        {"changes": [], "x": float("nan")},
+        {"changes": [], "x": {1: "int key"}},
+        {"changes": [], "x": b"bytes"},
+        {"changes": [], "x": "nul\x00"},
+    ):
         with sessions() as s, pytest.raises(InvalidDocument):
             append(s, "pay/prod", 0, bad, ACTOR)
     assert scalar(engine, "SELECT count(*) FROM events") == 0
@@ -80,9 +86,18 @@ def test_payloads_must_be_plain_json(sessions: sessionmaker[Session], engine: En
 
 # Values that JSONB would rewrite (key order, 1.0 -> 1, 1e2 -> 100, -0.0 -> 0, precision).
 AWKWARD_VALUES = {
-    "z_last": 1, "a_first": 2, "one_point_zero": 1.0, "e_notation": 1e2, "negative_zero": -0.0,
-    "huge": 1.7976931348623157e308, "tiny": 5e-324, "precise": 0.1 + 0.2,
-    "big_int": 2**70, "neg_big_int": -(2**64) - 1, "unicode": "ünï€ødé 🎉", "nested": {"b": 1, "a": [1.0, -0.0]},
+    "z_last": 1,
+    "a_first": 2,
+    "one_point_zero": 1.0,
+    "e_notation": 1e2,
+    "negative_zero": -0.0,
+    "huge": 1.7976931348623157e308,
+    "tiny": 5e-324,
+    "precise": 0.1 + 0.2,
+    "big_int": 2**70,
+    "neg_big_int": -(2**64) - 1,
+    "unicode": "ünï€ødé 🎉",
+    "nested": {"b": 1, "a": [1.0, -0.0]},
 }
 
 
@@ -136,10 +151,14 @@ def _tamper(engine: Engine, sql: str, **params: Any) -> None:
 @pytest.mark.parametrize(
     ("tampering", "params"),
     [
-        ("UPDATE events SET data = replace(data, :old, :new) WHERE position = 3",
-         {"old": '"value":2', "new": '"value":3'}),
-        ("UPDATE events SET metadata = replace(metadata, :old, :new) WHERE position = 3",
-         {"old": "a@example.com", "new": "b@example.com"}),
+        (
+            "UPDATE events SET data = replace(data, :old, :new) WHERE position = 3",
+            {"old": '"value":2', "new": '"value":3'},
+        ),
+        (
+            "UPDATE events SET metadata = replace(metadata, :old, :new) WHERE position = 3",
+            {"old": "a@example.com", "new": "b@example.com"},
+        ),
         ("UPDATE events SET data = 'not json' WHERE position = 3", {}),
     ],
 )
@@ -202,7 +221,9 @@ def test_twenty_writers_with_the_same_expected_version_exactly_one_wins(pg: Engi
     assert all(isinstance(r, VersionConflict) for r in losers) and len(losers) == 19
     assert scalar(pg, "SELECT count(*) FROM events") == 2
     assert scalar(pg, "SELECT string_agg(version::text, ',' ORDER BY version) FROM events") == "1,2"
-    assert scalar(pg, "SELECT string_agg(position::text, ',' ORDER BY position) FROM events") == "1,2"
+    assert (
+        scalar(pg, "SELECT string_agg(position::text, ',' ORDER BY position) FROM events") == "1,2"
+    )
     with sessions() as s:
         assert verify_chain(s).ok
 

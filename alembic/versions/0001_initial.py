@@ -32,6 +32,70 @@ CREATE TRIGGER events_no_truncate
     FOR EACH STATEMENT EXECUTE FUNCTION events_are_append_only();
 """
 
+# The append, in one round trip (after message-db's write_message): take the global append lock,
+# check the expected version, link to the last event, hash, insert. configsync.events.store
+# calls it on PostgreSQL and does the same steps in Python on SQLite; both hash exactly the
+# canonical JSON that verify_chain recomputes (stream, type and event_id are restricted to
+# characters that need no JSON escaping, so plain concatenation is canonical here).
+# A stale expected version returns the actual version and no position instead of raising, so
+# the caller's transaction stays usable.
+POSTGRES_APPEND_FUNCTION = """
+CREATE FUNCTION configsync_append(
+    p_lock_key bigint, p_stream text, p_expected_version integer, p_event_id text,
+    p_type text, p_data text, p_metadata text
+) RETURNS TABLE (
+    o_position bigint, o_version integer, o_recorded_at timestamptz, o_prev_hash text,
+    o_hash text, o_actual_version integer
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_actual integer;
+    v_last_position bigint;
+    v_last_hash text;
+    v_last_at timestamptz;
+    v_position bigint;
+    v_prev text;
+    v_at timestamptz;
+    v_body text;
+    v_hash text;
+BEGIN
+    -- Each statement of a volatile function takes a new snapshot, so the reads below see
+    -- every append that committed while this one waited for the lock.
+    PERFORM pg_advisory_xact_lock(p_lock_key);
+    SELECT coalesce(max(e.version), 0) INTO v_actual FROM events e WHERE e.stream = p_stream;
+    IF v_actual <> p_expected_version THEN
+        RETURN QUERY SELECT NULL::bigint, NULL::integer, NULL::timestamptz, NULL::text,
+            NULL::text, v_actual;
+        RETURN;
+    END IF;
+    SELECT e.position, e.hash, e.recorded_at INTO v_last_position, v_last_hash, v_last_at
+        FROM events e ORDER BY e.position DESC LIMIT 1;
+    v_at := clock_timestamp();
+    IF v_last_position IS NULL THEN
+        v_position := 1;
+        v_prev := repeat('0', 64);
+    ELSE
+        v_position := v_last_position + 1;
+        v_prev := v_last_hash;
+        v_at := greatest(v_at, v_last_at);  -- time never runs backwards along the log
+    END IF;
+    v_body := '{"data":' || p_data
+        || ',"event_id":"' || p_event_id
+        || '","metadata":' || p_metadata
+        || ',"position":' || v_position
+        || ',"recorded_at":"' || to_char(v_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+        || '","stream":"' || p_stream
+        || '","type":"' || p_type
+        || '","version":' || (p_expected_version + 1) || '}';
+    v_hash := encode(sha256(convert_to(v_prev || v_body, 'UTF8')), 'hex');
+    INSERT INTO events (position, event_id, stream, version, type, data, metadata, recorded_at,
+                        prev_hash, hash)
+        VALUES (v_position, p_event_id, p_stream, p_expected_version + 1, p_type, p_data,
+                p_metadata, v_at, v_prev, v_hash);
+    RETURN QUERY SELECT v_position, p_expected_version + 1, v_at, v_prev, v_hash, v_actual;
+END
+$$;
+"""
+
 SQLITE_IMMUTABLE_EVENTS = [
     """
     CREATE TRIGGER events_no_update BEFORE UPDATE ON events
@@ -134,6 +198,7 @@ def upgrade() -> None:
 
     if op.get_bind().dialect.name == "postgresql":
         op.execute(POSTGRES_IMMUTABLE_EVENTS)
+        op.execute(POSTGRES_APPEND_FUNCTION)
     else:
         for statement in SQLITE_IMMUTABLE_EVENTS:
             op.execute(statement)
@@ -144,6 +209,7 @@ def downgrade() -> None:
         op.execute("DROP TRIGGER IF EXISTS events_no_truncate ON events")
         op.execute("DROP TRIGGER IF EXISTS events_no_update_or_delete ON events")
         op.execute("DROP FUNCTION IF EXISTS events_are_append_only()")
+        op.execute("DROP FUNCTION IF EXISTS configsync_append")
     for table in ("projection_checkpoints", "config_current", "api_keys", "services", "users"):
         op.drop_table(table)
     op.drop_table("events")

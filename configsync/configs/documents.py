@@ -59,9 +59,7 @@ def validate_document(document: Any, limits: Limits) -> str:
         )
     keys, depth = _count_keys_and_depth(document, limits.max_depth)
     if depth > limits.max_depth:
-        raise InvalidDocument(
-            f"document is nested more than {limits.max_depth} levels deep"
-        )
+        raise InvalidDocument(f"document is nested more than {limits.max_depth} levels deep")
     if keys > limits.max_keys:
         raise InvalidDocument(f"document has {keys} keys; the limit is {limits.max_keys}")
     check_json(document)
@@ -186,7 +184,7 @@ def _record(
 def _get(document: JSONValue, path: Iterable[str]) -> JSONValue:
     node = document
     for part in path:
-        node = node[part]  # type: ignore[index]
+        node = node[part]
     return node
 
 
@@ -195,10 +193,7 @@ def apply_changes(document: Document, changes: Iterable[Mapping[str, Any]]) -> D
     for change in changes:
         path = change["path"]
         if not path:  # the whole document
-            if change["op"] == "remove":
-                document = {}
-            else:
-                document = change["value"]
+            document = {} if change["op"] == "remove" else change["value"]
             continue
         parent = document
         for part in path[:-1]:

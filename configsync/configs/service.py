@@ -127,9 +127,7 @@ def delete(
     expected_version: int | None = None,
 ) -> WriteResult:
     """Append a deleting event; the history stays, and a later write re-creates the config."""
-    return _write(
-        session, service, environment, ctx, None, reason, expected_version, deleting=True
-    )
+    return _write(session, service, environment, ctx, None, reason, expected_version, deleting=True)
 
 
 def _write(
@@ -247,7 +245,9 @@ def _missing(service: str, environment: str, state: current.CurrentConfig | None
     return NotFound(f"config {service}/{environment} not found")
 
 
-def get(session: Session, service: str, environment: str = DEFAULT_ENVIRONMENT) -> current.CurrentConfig:
+def get(
+    session: Session, service: str, environment: str = DEFAULT_ENVIRONMENT
+) -> current.CurrentConfig:
     """The current config; NotFound if it never existed, Deleted if it was deleted."""
     validate_name("service", service)
     validate_name("environment", environment)

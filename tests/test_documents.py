@@ -1,0 +1,186 @@
+"""Config documents: merge patch (RFC 7396), changes and their fold, validation, summaries."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from configsync.configs.documents import (
+    Limits,
+    apply_changes,
+    compute_changes,
+    copy_document,
+    documents_equal,
+    merge_patch,
+    summarize,
+    validate_document,
+    validate_name,
+)
+from configsync.errors import DocumentTooLarge, InvalidDocument, InvalidName
+from tests.strategies import documents, patches, values
+
+# RFC 7396, Appendix A: every example, verbatim.
+RFC7396_EXAMPLES = [
+    ({"a": "b"}, {"a": "c"}, {"a": "c"}),
+    ({"a": "b"}, {"b": "c"}, {"a": "b", "b": "c"}),
+    ({"a": "b"}, {"a": None}, {}),
+    ({"a": "b", "b": "c"}, {"a": None}, {"b": "c"}),
+    ({"a": ["b"]}, {"a": "c"}, {"a": "c"}),
+    ({"a": "c"}, {"a": ["b"]}, {"a": ["b"]}),
+    ({"a": {"b": "c"}}, {"a": {"b": "d", "c": None}}, {"a": {"b": "d"}}),
+    ({"a": [{"b": "c"}]}, {"a": [1]}, {"a": [1]}),
+    (["a", "b"], ["c", "d"], ["c", "d"]),
+    ({"a": "b"}, ["c"], ["c"]),
+    ({"a": "foo"}, None, None),
+    ({"a": "foo"}, "bar", "bar"),
+    ({"e": None}, {"a": 1}, {"e": None, "a": 1}),
+    ([1, 2], {"a": "b", "c": None}, {"a": "b"}),
+    ({}, {"a": {"bb": {"ccc": None}}}, {"a": {"bb": {}}}),
+]
+
+
+@pytest.mark.parametrize(("target", "patch", "expected"), RFC7396_EXAMPLES)
+def test_merge_patch_matches_every_rfc7396_example(target: Any, patch: Any, expected: Any) -> None:
+    assert merge_patch(target, patch) == expected
+
+
+@given(target=documents, patch=patches)
+def test_merge_patch_semantics(target: dict[str, Any], patch: dict[str, Any]) -> None:
+    before = json.dumps(target, sort_keys=True)
+    result = merge_patch(target, patch)
+    assert isinstance(result, dict)
+    for key, value in patch.items():
+        if value is None:
+            assert key not in result  # null removes
+        elif isinstance(value, dict):
+            assert result[key] == merge_patch(target.get(key), value)  # objects merge
+        else:
+            assert documents_equal(result[key], value)  # anything else, arrays too, replaces
+    for key in target.keys() - patch.keys():
+        assert documents_equal(result[key], target[key])  # untouched keys stay
+    assert json.dumps(target, sort_keys=True) == before  # the target is not modified
+
+
+@given(a=documents, b=documents)
+@settings(max_examples=300)
+def test_applying_the_changes_from_a_to_b_gives_b(a: dict[str, Any], b: dict[str, Any]) -> None:
+    changes = compute_changes(a, b)
+    assert documents_equal(apply_changes(copy_document(a), changes), b)
+    # the stored form is plain JSON
+    assert json.loads(json.dumps(changes)) == changes
+
+
+@given(a=documents)
+def test_changes_between_equal_documents_are_empty(a: dict[str, Any]) -> None:
+    assert compute_changes(a, copy_document(a)) == []
+
+
+@given(a=documents, b=documents)
+def test_changes_come_in_a_stable_order_and_never_overlap(
+    a: dict[str, Any], b: dict[str, Any]
+) -> None:
+    changes = compute_changes(a, b)
+    assert changes == compute_changes(a, b)
+    paths = [tuple(c["path"]) for c in changes]
+    assert paths == sorted(paths)
+    for p in paths:
+        assert not any(q != p and q[: len(p)] == p for q in paths)
+
+
+def test_changes_name_each_key_that_differs() -> None:
+    old = {"API_URL": "https://a", "TIMEOUT": 30, "db": {"host": "x", "port": 5432}, "gone": 1}
+    new = {"API_URL": "https://b", "TIMEOUT": 30, "db": {"host": "x", "port": 6432}, "RETRIES": 3}
+    assert compute_changes(old, new) == [
+        {"op": "replace", "path": ["API_URL"], "value": "https://b", "old": "https://a"},
+        {"op": "add", "path": ["RETRIES"], "value": 3},
+        {"op": "replace", "path": ["db", "port"], "value": 6432, "old": 5432},
+        {"op": "remove", "path": ["gone"], "old": 1},
+    ]
+
+
+def test_an_array_that_changes_is_replaced_whole() -> None:
+    assert compute_changes({"hosts": ["a", "b", "c"]}, {"hosts": ["a", "c"]}) == [
+        {"op": "replace", "path": ["hosts"], "value": ["a", "c"], "old": ["a", "b", "c"]}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ({"a": 1}, {"a": 1.0}),
+        ({"a": True}, {"a": 1}),
+        ({"a": 0.0}, {"a": -0.0}),
+        ({"a": 0}, {"a": False}),
+    ],
+)
+def test_json_distinguishes_what_python_equality_does_not(old: Any, new: Any) -> None:
+    assert not documents_equal(old, new)
+    changes = compute_changes(old, new)
+    assert changes
+    assert json.dumps(apply_changes(copy_document(old), changes)) == json.dumps(new)
+
+
+def test_summary_counts_and_names_changes() -> None:
+    changes = compute_changes({"A": 1, "B": 2, "C": 3}, {"A": 2, "C": 3, "D": 4, "E": {"F": 1}})
+    assert summarize(changes) == "+2 ~1 -1: A, B, D, E"
+    assert summarize([]) == "+0 ~0 -0"
+    many = compute_changes({}, {f"K{i:02}": i for i in range(12)})
+    assert summarize(many).endswith("K09 and 2 more")
+
+
+LIMITS = Limits(max_bytes=1024, max_keys=10, max_depth=4)
+
+
+@pytest.mark.parametrize(
+    ("document", "error", "message"),
+    [
+        ([1, 2], InvalidDocument, "must be a JSON object, not an array"),
+        ("text", InvalidDocument, "not a string"),
+        (None, InvalidDocument, "not null"),
+        ({"a": {"b": {"c": {"d": {}}}}}, InvalidDocument, "nested more than 4 levels"),
+        ({f"k{i}": i for i in range(11)}, InvalidDocument, "11 keys; the limit is 10"),
+        ({"a": "x" * 2000}, DocumentTooLarge, "the limit is 1024 bytes"),
+        ({"a": float("inf")}, InvalidDocument, "finite"),
+        ({"a": "\ud800"}, InvalidDocument, "lone surrogate"),
+        ({"a": "\x00"}, InvalidDocument, "NUL"),
+    ],
+)
+def test_invalid_documents_are_refused_with_a_clear_message(
+    document: Any, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        validate_document(document, LIMITS)
+
+
+def test_ten_thousand_levels_of_nesting_are_refused_without_recursion() -> None:
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(10_000):
+        node["a"] = {}
+        node = node["a"]
+    with pytest.raises(InvalidDocument, match="nested more than 20 levels"):
+        validate_document(deep, Limits())
+
+
+@given(st.dictionaries(st.sampled_from(["a", "b"]), values, max_size=2))
+def test_validate_returns_the_canonical_json(document: dict[str, Any]) -> None:
+    try:
+        text = validate_document(document, Limits(max_depth=50, max_keys=100_000))
+    except DocumentTooLarge:
+        return
+    assert json.loads(text) == json.loads(json.dumps(document))
+
+
+@pytest.mark.parametrize("name", ["payment-service", "a", "svc.v2_x", "0abc", "a" * 63])
+def test_good_names_pass(name: str) -> None:
+    assert validate_name("service", name) == name
+
+
+@pytest.mark.parametrize("name", ["", "-a", "_a", ".a", "A", "a/b", "a b", "a" * 64, "é", "a\n"])
+def test_bad_names_are_refused(name: str) -> None:
+    with pytest.raises(InvalidName, match="invalid service name"):
+        validate_name("service", name)
