@@ -30,6 +30,7 @@ from configsync.configs.models import ServiceRow
 from configsync.db import after_commit, utcnow
 from configsync.errors import Deleted, InvalidInput, NotFound, VersionConflict
 from configsync.events import StoredEvent, append, lock_stream, read_stream, stream_name
+from configsync.feed import announce
 from projections import current
 
 # Sessions made by a factory whose info carries this key call each listener with every event
@@ -176,6 +177,9 @@ def _write(
     data.update(extra or {})
     if not exists:
         ensure_service(session, service, ctx.actor)
+    # Announced before the append so that it costs no round trip under the append lock; the
+    # message is transactional, so it goes out only if this append commits.
+    announce(session, f"config:{stream}:{version + 1}")
     event = append(session, stream, version, data, ctx.metadata())
     current.apply(session, event, document_before=old)
     for listener in session.info.get(EVENT_LISTENERS, ()):

@@ -1,0 +1,189 @@
+"""HTTP endpoints for people and keys: /auth/*, /v1/me, /v1/users, /v1/api-keys."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+
+from configsync.auth import service, tokens
+from configsync.auth.models import ApiKeyRow, UserRow
+from configsync.auth.permissions import Caller
+from configsync.auth.schemas import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyOut,
+    Login,
+    SignedUp,
+    Signup,
+    Token,
+    UserOut,
+    UserUpdate,
+)
+from configsync.configs.rendering import dumps
+from configsync.db import commit
+from configsync.deps import CallerDep, SessionDep
+from configsync.errors import Forbidden, InvalidInput
+from configsync.events import format_instant
+
+router = APIRouter(tags=["people and keys"])
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(dumps(body), status_code=status, media_type="application/json")
+
+
+def _user(user: UserRow) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "email": user.email,
+        "role": user.role,
+        "is_active": user.is_active,
+        "created_at": format_instant(user.created_at),
+    }
+
+
+def _key(row: ApiKeyRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "prefix": row.prefix,
+        "service": row.service,
+        "environment": row.environment,
+        "permission": row.permission,
+        "expires_at": format_instant(row.expires_at) if row.expires_at else None,
+        "created_at": format_instant(row.created_at),
+        "revoked": row.revoked_at is not None,
+    }
+
+
+def _require_admin(caller: Caller) -> None:
+    if not caller.is_admin:
+        raise Forbidden("only admins may do this")
+
+
+@router.post("/auth/signup", status_code=201, response_model=SignedUp)
+def signup(body: Signup, session: SessionDep) -> Response:
+    """Create an account (role `user`)."""
+    user = service.signup(session, body.email, body.password)
+    commit(session)
+    return _json({"id": user.id, "email": user.email, "role": user.role}, status=201)
+
+
+@router.post(
+    "/auth/login",
+    response_model=Token,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": Login.model_json_schema()},
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["username", "password"],
+                        "properties": {
+                            "username": {"type": "string"},
+                            "password": {"type": "string"},
+                        },
+                    }
+                },
+            },
+        }
+    },
+)
+async def login(request: Request) -> Response:
+    """Exchange email and password for an access token (JSON body or OAuth2 password form)."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        form = await request.form()
+        email, password = form.get("username"), form.get("password")
+        if not isinstance(email, str) or not isinstance(password, str):
+            raise InvalidInput("the login form needs 'username' and 'password'")
+    else:
+        try:
+            body = Login.model_validate(json.loads(await request.body()))
+        except (ValueError, RecursionError, ValidationError) as exc:
+            raise InvalidInput(f"the body must be JSON with email and password: {exc}") from None
+        email, password = body.email, body.password
+    return await run_in_threadpool(_login, request, email, password)
+
+
+def _login(request: Request, email: str, password: str) -> Response:
+    settings = request.app.state.settings
+    with request.app.state.session_factory() as session:
+        user = service.authenticate(session, email, password)
+    token, lifetime = tokens.issue(
+        user.id, user.role, key=settings.signing_key(), minutes=settings.access_token_minutes
+    )
+    return _json({"access_token": token, "token_type": "bearer", "expires_in": lifetime})
+
+
+@router.get("/v1/me")
+def me(session: SessionDep, caller: CallerDep) -> Response:
+    """Who the caller is: a person, or the API key it authenticated with."""
+    if caller.is_person:
+        user = session.get(UserRow, caller.id)
+        assert user is not None
+        return _json({"kind": "user", **_user(user)})
+    return _json(
+        {
+            "kind": caller.kind,
+            "id": caller.id,
+            "name": caller.name,
+            "service": caller.service,
+            "environment": caller.environment,
+            "permission": caller.permission,
+        }
+    )
+
+
+@router.get("/v1/users", response_model=list[UserOut])
+def list_users(session: SessionDep, caller: CallerDep) -> Response:
+    """Every account (admins only)."""
+    _require_admin(caller)
+    return _json([_user(u) for u in service.list_users(session)])
+
+
+@router.patch("/v1/users/{user_id}", response_model=UserOut)
+def update_user(user_id: str, body: UserUpdate, session: SessionDep, caller: CallerDep) -> Response:
+    """Change an account's role or switch it off (admins only); takes effect on its next request."""
+    _require_admin(caller)
+    user = service.update_user(session, caller, user_id, role=body.role, is_active=body.is_active)
+    commit(session)
+    return _json(_user(user))
+
+
+@router.post("/v1/api-keys", status_code=201, response_model=ApiKeyCreated)
+def create_api_key(body: ApiKeyCreate, session: SessionDep, caller: CallerDep) -> Response:
+    """Create a key for one service (the owner or an admin); the key is shown only here."""
+    row, key = service.create_api_key(
+        session,
+        caller,
+        name=body.name,
+        service=body.service,
+        environment=body.environment,
+        permission=body.permission,
+        expires_in_days=body.expires_in_days,
+    )
+    commit(session)
+    out = _key(row)
+    out.pop("revoked")
+    return _json({**out, "key": key}, status=201)
+
+
+@router.get("/v1/api-keys", response_model=list[ApiKeyOut])
+def list_api_keys(session: SessionDep, caller: CallerDep) -> Response:
+    """Keys of the services the caller owns (all keys for admins); never the key itself."""
+    return _json([_key(row) for row in service.list_api_keys(session, caller)])
+
+
+@router.delete("/v1/api-keys/{key_id}", status_code=204)
+def revoke_api_key(key_id: str, session: SessionDep, caller: CallerDep) -> Response:
+    """Revoke a key: it stops working on its next request."""
+    service.revoke_api_key(session, caller, key_id)
+    commit(session)
+    return Response(status_code=204)

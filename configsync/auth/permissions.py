@@ -1,0 +1,100 @@
+"""Who may do what: the one place that decides.
+
+A caller that may not read a service is told it does not exist (404), exactly as for a service
+that does not exist, so names cannot be probed. A caller that may read but not write is told
+403: that reveals nothing it does not already know.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from configsync.configs.service import Actor
+from configsync.errors import Forbidden, NotFound
+
+ADMIN, USER, AUDITOR = "admin", "user", "auditor"
+ROLES = (ADMIN, USER, AUDITOR)
+READ, WRITE = "read", "write"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    kind: str  # "user" | "api_key" | "legacy_key"
+    id: str
+    name: str
+    role: str | None = None  # people
+    service: str | None = None  # API keys: the one service they are for
+    environment: str | None = None  # API keys: None means every environment
+    permission: str | None = None  # API keys: "read" | "write"
+
+    @property
+    def is_person(self) -> bool:
+        return self.kind == "user"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.is_person and self.role == ADMIN
+
+    def actor(self) -> Actor:
+        return Actor(kind=self.kind, id=self.id, name=self.name)
+
+
+def _key_covers(caller: Caller, service: str, environment: str | None) -> bool:
+    return caller.service == service and (
+        caller.environment is None or environment is None or caller.environment == environment
+    )
+
+
+def can_read(caller: Caller, service: str, environment: str | None, owner_id: str | None) -> bool:
+    if caller.kind == "legacy_key":
+        return True
+    if caller.is_person:
+        return caller.role in (ADMIN, AUDITOR) or (owner_id is not None and owner_id == caller.id)
+    return _key_covers(caller, service, environment)
+
+
+def can_read_history(caller: Caller, owner_id: str | None) -> bool:
+    """History, diffs and the audit trail are for people: owners, admins and auditors."""
+    return caller.is_person and (
+        caller.role in (ADMIN, AUDITOR) or (owner_id is not None and owner_id == caller.id)
+    )
+
+
+def authorize_read(
+    caller: Caller, service: str, environment: str | None, owner_id: str | None, exists: bool
+) -> None:
+    if not exists or not can_read(caller, service, environment, owner_id):
+        raise NotFound(f"service {service!r} not found")
+
+
+def authorize_write(
+    caller: Caller, service: str, environment: str, owner_id: str | None, exists: bool
+) -> None:
+    """Raise unless `caller` may change `service`/`environment` (creating it if it is new)."""
+    if not exists:
+        # A new service: any person but an auditor may create it and so becomes its owner.
+        if caller.is_person and caller.role in (ADMIN, USER):
+            return
+        if caller.is_person:
+            raise Forbidden("auditors read; they cannot write")
+        raise NotFound(f"service {service!r} not found")
+    authorize_read(caller, service, environment, owner_id, exists)
+    if caller.is_person:
+        if caller.role == AUDITOR:
+            raise Forbidden("auditors read; they cannot write")
+        return  # an admin, or the owner (authorize_read let only those through)
+    if caller.permission != WRITE:
+        raise Forbidden("this API key may only read")
+
+
+def authorize_owner_or_admin(
+    caller: Caller, service: str, owner_id: str | None, exists: bool, what: str
+) -> None:
+    """For managing a service (its keys, rollback): its owner or an admin, and only people."""
+    authorize_read(caller, service, None, owner_id, exists)
+    if not caller.is_person:
+        raise Forbidden(f"API keys cannot {what}")
+    if caller.role == AUDITOR:
+        raise Forbidden(f"auditors cannot {what}")
+    if not (caller.is_admin or owner_id == caller.id):
+        raise NotFound(f"service {service!r} not found")

@@ -1,0 +1,78 @@
+"""Request and response bodies of the people and key endpoints."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Signup(Body):
+    email: EmailStr
+    password: str = Field(description="8 to 72 bytes")
+
+
+class Login(Body):
+    email: str
+    password: str
+
+
+class Token(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+
+
+class UserOut(BaseModel):
+    id: str
+    email: str
+    role: str
+    is_active: bool
+    created_at: str
+
+
+class SignedUp(BaseModel):
+    id: str
+    email: str
+    role: str
+
+
+class UserUpdate(Body):
+    role: Literal["admin", "user", "auditor"] | None = None
+    is_active: bool | None = None
+
+
+class ApiKeyCreate(Body):
+    name: str = Field(min_length=1, max_length=100)
+    service: str
+    environment: str | None = None
+    permission: Literal["read", "write"]
+    expires_in_days: int | None = Field(None, ge=1, le=3650)
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    name: str
+    prefix: str
+    service: str
+    environment: str | None
+    permission: str
+    expires_at: str | None
+    created_at: str
+    revoked: bool
+
+
+class ApiKeyCreated(BaseModel):
+    id: str
+    name: str
+    key: str = Field(description="shown this once; only its hash is kept")
+    prefix: str
+    service: str
+    environment: str | None
+    permission: str
+    expires_at: str | None
+    created_at: str

@@ -1,0 +1,216 @@
+"""People and API keys: sign-up, login, roles, keys. Functions never commit."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from configsync.auth.models import ApiKeyRow, UserRow
+from configsync.auth.passwords import check_password_rules, hash_password, verify_password
+from configsync.auth.permissions import ADMIN, ROLES, USER, Caller, authorize_owner_or_admin
+from configsync.configs.documents import validate_name
+from configsync.configs.models import ServiceRow
+from configsync.db import utcnow
+from configsync.errors import AlreadyExists, Forbidden, InvalidInput, NotFound, Unauthorized
+from configsync.feed import announce
+
+KEY_PREFIX = "cs_"
+SHOWN_PREFIX_LENGTH = len(KEY_PREFIX) + 8
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def signup(session: Session, email: str, password: str, *, role: str = USER) -> UserRow:
+    check_password_rules(password)
+    email = normalize_email(email)
+    if session.scalar(select(UserRow.id).where(UserRow.email == email)) is not None:
+        raise AlreadyExists(f"an account with email {email} already exists")
+    user = UserRow(
+        id=str(uuid.uuid4()),
+        email=email,
+        password_hash=hash_password(password),
+        role=role,
+        is_active=True,
+        created_at=utcnow(),
+    )
+    session.add(user)
+    try:
+        session.flush()
+    except IntegrityError:  # the same email signed up concurrently
+        raise AlreadyExists(f"an account with email {email} already exists") from None
+    return user
+
+
+def authenticate(session: Session, email: str, password: str) -> UserRow:
+    user = session.scalar(select(UserRow).where(UserRow.email == normalize_email(email)))
+    if not verify_password(password, user.password_hash if user else None) or user is None:
+        raise Unauthorized("incorrect email or password")
+    if not user.is_active:
+        raise Unauthorized("incorrect email or password")
+    return user
+
+
+def active_user(session: Session, user_id: str) -> UserRow:
+    user = session.get(UserRow, user_id)
+    if user is None or not user.is_active:
+        raise Unauthorized("invalid or expired token")
+    return user
+
+
+def create_admin(session: Session, email: str, password: str) -> tuple[UserRow, bool]:
+    """Make `email` an admin: a new account, or an existing one promoted (password unchanged)."""
+    email = normalize_email(email)
+    user = session.scalar(select(UserRow).where(UserRow.email == email))
+    if user is None:
+        return signup(session, email, password, role=ADMIN), True
+    user.role = ADMIN
+    user.is_active = True
+    session.flush()
+    return user, False
+
+
+def list_users(session: Session) -> list[UserRow]:
+    return list(session.scalars(select(UserRow).order_by(UserRow.created_at, UserRow.email)))
+
+
+def update_user(
+    session: Session, caller: Caller, user_id: str, *, role: str | None, is_active: bool | None
+) -> UserRow:
+    user = session.get(UserRow, user_id)
+    if user is None:
+        raise NotFound(f"user {user_id} not found")
+    if role is not None:
+        if role not in ROLES:
+            raise InvalidInput(f"role must be one of {', '.join(ROLES)}")
+        if user.id == caller.id and role != ADMIN:
+            raise Forbidden("admins cannot demote themselves; ask another admin")
+        user.role = role
+    if is_active is not None:
+        if user.id == caller.id and not is_active:
+            raise Forbidden("admins cannot deactivate themselves; ask another admin")
+        user.is_active = is_active
+    session.flush()
+    return user
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def service_owner(session: Session, service: str) -> tuple[bool, str | None]:
+    """(does the service exist, who owns it)."""
+    row = session.get(ServiceRow, service)
+    return (row is not None, row.owner_id if row else None)
+
+
+def create_api_key(
+    session: Session,
+    caller: Caller,
+    *,
+    name: str,
+    service: str,
+    environment: str | None,
+    permission: str,
+    expires_in_days: int | None,
+) -> tuple[ApiKeyRow, str]:
+    validate_name("service", service)
+    if environment is not None:
+        validate_name("environment", environment)
+    exists, owner = service_owner(session, service)
+    authorize_owner_or_admin(caller, service, owner, exists, "manage API keys")
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    now = utcnow()
+    row = ApiKeyRow(
+        id=str(uuid.uuid4()),
+        name=name,
+        prefix=key[:SHOWN_PREFIX_LENGTH],
+        key_hash=hash_key(key),
+        service=service,
+        environment=environment,
+        permission=permission,
+        created_by=caller.id,
+        created_at=now,
+        expires_at=now + timedelta(days=expires_in_days) if expires_in_days else None,
+        revoked_at=None,
+    )
+    session.add(row)
+    session.flush()
+    return row, key
+
+
+def list_api_keys(session: Session, caller: Caller) -> list[ApiKeyRow]:
+    if not caller.is_person:
+        raise Forbidden("API keys cannot manage API keys")
+    if caller.role == "auditor":
+        raise Forbidden("auditors cannot manage API keys")
+    query = select(ApiKeyRow).order_by(ApiKeyRow.created_at)
+    if not caller.is_admin:
+        owned = select(ServiceRow.name).where(ServiceRow.owner_id == caller.id)
+        query = query.where(ApiKeyRow.service.in_(owned))
+    return list(session.scalars(query))
+
+
+def revoke_api_key(session: Session, caller: Caller, key_id: str) -> ApiKeyRow:
+    row = session.get(ApiKeyRow, key_id)
+    if row is None:
+        if not caller.is_person:
+            raise Forbidden("API keys cannot manage API keys")
+        raise NotFound(f"API key {key_id} not found")
+    exists, owner = service_owner(session, row.service)
+    try:
+        authorize_owner_or_admin(caller, row.service, owner, exists, "manage API keys")
+    except NotFound:
+        raise NotFound(f"API key {key_id} not found") from None
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.flush()
+        announce(session, f"key:{row.key_hash}")
+    return row
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    name: str
+    service: str
+    environment: str | None
+    permission: str
+    expires_at: datetime | None
+    revoked: bool
+
+    def usable(self, now: datetime) -> bool:
+        return not self.revoked and (self.expires_at is None or self.expires_at > now)
+
+    def caller(self) -> Caller:
+        return Caller(
+            kind="api_key",
+            id=self.id,
+            name=self.name,
+            service=self.service,
+            environment=self.environment,
+            permission=self.permission,
+        )
+
+
+def find_key(session: Session, key_hash: str) -> KeyRecord | None:
+    row = session.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash))
+    if row is None:
+        return None
+    return KeyRecord(
+        id=row.id,
+        name=row.name,
+        service=row.service,
+        environment=row.environment,
+        permission=row.permission,
+        expires_at=row.expires_at,
+        revoked=row.revoked_at is not None,
+    )

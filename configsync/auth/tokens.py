@@ -1,0 +1,52 @@
+"""JWT access tokens for people (python-jose, HS256, always decoded with HS256 pinned)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from jose import JWTError, jwt
+
+from configsync.db import utcnow
+from configsync.errors import Unauthorized
+
+ALGORITHM = "HS256"
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    user_id: str
+    role: str
+    token_id: str
+
+
+def issue(user_id: str, role: str, *, key: str, minutes: int) -> tuple[str, int]:
+    """A signed token and its lifetime in seconds."""
+    now = utcnow()
+    lifetime = timedelta(minutes=minutes)
+    claims = {
+        "sub": user_id,
+        "role": role,
+        "iat": int(now.timestamp()),
+        "exp": int((now + lifetime).timestamp()),
+        "jti": uuid.uuid4().hex,
+    }
+    return jwt.encode(claims, key, algorithm=ALGORITHM), int(lifetime.total_seconds())
+
+
+def decode(token: str, *, key: str) -> Claims:
+    try:
+        # algorithms pinned: a token that names another algorithm (or "none") is refused.
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            options={"require_exp": True, "require_sub": True, "require_iat": True},
+        )
+    except JWTError:
+        raise Unauthorized("invalid or expired token") from None
+    user_id, role = claims.get("sub"), claims.get("role")
+    if not isinstance(user_id, str) or not isinstance(role, str):
+        raise Unauthorized("invalid or expired token")
+    return Claims(user_id=user_id, role=role, token_id=str(claims.get("jti", "")))

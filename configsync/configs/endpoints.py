@@ -1,0 +1,413 @@
+"""HTTP endpoints of the config domain: v1 and the original ConfigSync's /config/*."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from configsync.auth.authenticator import Authenticator, credentials
+from configsync.auth.permissions import (
+    Caller,
+    authorize_read,
+    authorize_write,
+)
+from configsync.auth.service import service_owner
+from configsync.configs import service as configs
+from configsync.configs.documents import DEFAULT_ENVIRONMENT, validate_name
+from configsync.configs.models import ServiceRow
+from configsync.configs.reader import ConfigEntry, ConfigReader, response_body
+from configsync.configs.rendering import FORMATS, MEDIA_TYPES, dumps, render
+from configsync.configs.schemas import (
+    ConfigDelete,
+    ConfigDeleted,
+    ConfigList,
+    ConfigOut,
+    ConfigWrite,
+    ConfigWritten,
+    LegacyConfig,
+    LegacyUpdate,
+    LegacyUpdated,
+)
+from configsync.configs.service import WriteResult
+from configsync.db import commit
+from configsync.deps import CallerDep, SessionDep, write_context
+from configsync.errors import Deleted, InvalidInput, NotFound
+from configsync.events import format_instant
+from projections.current import ConfigCurrentRow
+
+router = APIRouter(tags=["configs"])
+legacy = APIRouter(tags=["original ConfigSync"])
+
+CONFIG_PATH = "/v1/configs/{service}/{environment}"
+
+
+def parse_etag(value: str | None, header: str) -> int | None:
+    """`"3"`, `W/"3"` or `3` → 3; absent → None; anything else is a 400."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.startswith("W/"):
+        text = text[2:]
+    text = text.strip('"')
+    if not text.isdigit():
+        raise InvalidInput(f'{header} must be a config version in quotes, such as "3"')
+    return int(text)
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _not_found(service: str, environment: str) -> NotFound:
+    return NotFound(f"config {service}/{environment} not found")
+
+
+def _check_names(service: str, environment: str) -> None:
+    validate_name("service", service)
+    validate_name("environment", environment)
+
+
+# --- reads -----------------------------------------------------------------------------------
+
+
+@router.get(
+    CONFIG_PATH,
+    response_model=ConfigOut,
+    responses={304: {"description": "not modified"}, 404: {"description": "not found or deleted"}},
+)
+async def read_config(
+    service: str,
+    environment: str,
+    request: Request,
+    version: Annotated[int | None, Query(ge=1)] = None,
+    as_of: Annotated[datetime | None, Query(description="ISO-8601 instant")] = None,
+    format: Annotated[str, Query(pattern="^(json|dotenv|yaml)$")] = "json",
+    consistent: bool = False,
+) -> Response:
+    """The config: current, at a version, or as of an instant; JSON, dotenv or YAML."""
+    # The hot path of every service polling its config: no database round trip when the
+    # caller's API key and the document are both in this process's caches.
+    state = request.app.state
+    _check_names(service, environment)
+    creds = credentials(request.headers)
+    authenticator: Authenticator = state.authenticator
+    caller = authenticator.cached(creds)
+    if caller is None:
+        caller = await run_in_threadpool(_resolve_caller, request, creds)
+    if version is not None or as_of is not None:
+        return await run_in_threadpool(
+            _read_past, request, caller, service, environment, version, as_of, format
+        )
+    seen = parse_etag(request.headers.get("if-none-match"), "If-None-Match")
+    reader: ConfigReader = state.config_reader
+    entry = None if consistent else reader.cached(service, environment)
+    if entry is not None and seen is not None and seen > entry.version:
+        entry = None  # the caller has seen a newer version than this process: ask the database
+    if entry is None:
+        exists, entry = await run_in_threadpool(reader.load, service, environment)
+    else:
+        exists = True
+    owner = entry.owner_id if entry else await run_in_threadpool(_owner, request, service)
+    authorize_read(caller, service, environment, owner, exists)
+    return _answer(entry, service, environment, seen, format)
+
+
+def _resolve_caller(request: Request, creds: Any) -> Caller:
+    with request.app.state.session_factory() as session:
+        caller: Caller = request.app.state.authenticator.resolve(session, creds)
+        return caller
+
+
+def _owner(request: Request, service: str) -> str | None:
+    with request.app.state.session_factory() as session:
+        return session.scalar(select(ServiceRow.owner_id).where(ServiceRow.name == service))
+
+
+def _answer(
+    entry: ConfigEntry | None, service: str, environment: str, seen: int | None, fmt: str
+) -> Response:
+    if entry is None:
+        raise _not_found(service, environment)
+    if entry.deleted:
+        raise Deleted(
+            f"config {service}/{environment} was deleted at version {entry.version}",
+            deleted_at_version=entry.version,
+        )
+    headers = {"ETag": entry.etag}
+    if seen == entry.version:
+        return Response(status_code=304, headers=headers)
+    return Response(entry.rendered(fmt), media_type=MEDIA_TYPES[fmt], headers=headers)
+
+
+def _read_past(
+    request: Request,
+    caller: Caller,
+    service: str,
+    environment: str,
+    version: int | None,
+    as_of: datetime | None,
+    fmt: str,
+) -> Response:
+    with request.app.state.session_factory() as session:
+        exists, owner = service_owner(session, service)
+        authorize_read(caller, service, environment, owner, exists)
+        if version is not None:
+            past = configs.get_version(session, service, environment, version)
+        else:
+            assert as_of is not None
+            if as_of.tzinfo is None:
+                raise InvalidInput("as_of needs a time zone, such as 2026-01-01T00:00:00Z")
+            past = configs.get_as_of(session, service, environment, as_of)
+    headers = {"ETag": f'"{past.version}"'}
+    if fmt != "json":
+        return Response(render(past.document, fmt), media_type=MEDIA_TYPES[fmt], headers=headers)
+    body = {
+        "service": service,
+        "environment": environment,
+        "version": past.version,
+        "data": past.document,
+        "updated_at": format_instant(past.recorded_at),
+        "updated_by": past.actor,
+    }
+    return _json(body, headers=headers)
+
+
+@router.get("/v1/configs", response_model=ConfigList)
+def list_configs(session: SessionDep, caller: CallerDep) -> Response:
+    """The configs the caller may read, with their versions."""
+    query = (
+        select(ConfigCurrentRow, ServiceRow.owner_id)
+        .join(ServiceRow, ServiceRow.name == ConfigCurrentRow.service)
+        .where(ConfigCurrentRow.deleted.is_(False))
+        .order_by(ConfigCurrentRow.service, ConfigCurrentRow.environment)
+    )
+    if caller.kind == "api_key":
+        query = query.where(ConfigCurrentRow.service == caller.service)
+        if caller.environment:
+            query = query.where(ConfigCurrentRow.environment == caller.environment)
+    elif caller.is_person and caller.role == "user":
+        query = query.where(ServiceRow.owner_id == caller.id)
+    items = [
+        {
+            "service": row.service,
+            "environment": row.environment,
+            "version": row.version,
+            "updated_at": format_instant(row.updated_at),
+        }
+        for row, _owner_id in session.execute(query)
+    ]
+    return _json({"items": items})
+
+
+# --- writes ----------------------------------------------------------------------------------
+
+
+def _expected(request: Request, body_expected: int | None) -> int | None:
+    header = parse_etag(request.headers.get("if-match"), "If-Match")
+    if header is not None and body_expected is not None and header != body_expected:
+        raise InvalidInput("If-Match and expected_version disagree; send one of them")
+    return header if header is not None else body_expected
+
+
+def _authorize_write(session: Session, caller: Caller, service: str, environment: str) -> None:
+    _check_names(service, environment)
+    exists, owner = service_owner(session, service)
+    authorize_write(caller, service, environment, owner, exists)
+
+
+def _written(result: WriteResult) -> Response:
+    body = response_body(result, {"changed": result.changed})
+    status = 201 if result.created else 200
+    return _json(body, status=status, headers={"ETag": f'"{result.version}"'})
+
+
+@router.put(
+    CONFIG_PATH,
+    response_model=ConfigWritten,
+    responses={201: {"model": ConfigWritten, "description": "created"}, 412: {}},
+)
+def put_config(
+    service: str,
+    environment: str,
+    body: ConfigWrite,
+    request: Request,
+    session: SessionDep,
+    caller: CallerDep,
+) -> Response:
+    """Replace the whole document (201 when it creates the config)."""
+    expected = _expected(request, body.expected_version)
+    _authorize_write(session, caller, service, environment)
+    result = configs.replace(
+        session,
+        service,
+        environment,
+        body.data,
+        write_context(request, caller),
+        reason=body.reason,
+        expected_version=expected,
+    )
+    commit(session)
+    return _written(result)
+
+
+@router.patch(
+    CONFIG_PATH,
+    response_model=ConfigWritten,
+    responses={201: {"model": ConfigWritten, "description": "created"}, 412: {}},
+)
+def patch_config(
+    service: str,
+    environment: str,
+    body: ConfigWrite,
+    request: Request,
+    session: SessionDep,
+    caller: CallerDep,
+) -> Response:
+    """Apply a JSON Merge Patch (RFC 7396) to the document: null removes a key."""
+    expected = _expected(request, body.expected_version)
+    _authorize_write(session, caller, service, environment)
+    result = configs.patch(
+        session,
+        service,
+        environment,
+        body.data,
+        write_context(request, caller),
+        reason=body.reason,
+        expected_version=expected,
+    )
+    commit(session)
+    return _written(result)
+
+
+@router.delete(CONFIG_PATH, response_model=ConfigDeleted, responses={412: {}})
+def delete_config(
+    service: str,
+    environment: str,
+    request: Request,
+    session: SessionDep,
+    caller: CallerDep,
+    body: ConfigDelete | None = None,
+) -> Response:
+    """Delete the config: a deleting event is appended and the history stays."""
+    body = body or ConfigDelete()
+    expected = _expected(request, body.expected_version)
+    _authorize_write(session, caller, service, environment)
+    result = configs.delete(
+        session,
+        service,
+        environment,
+        write_context(request, caller),
+        reason=body.reason,
+        expected_version=expected,
+    )
+    commit(session)
+    return _json(
+        {
+            "service": service,
+            "environment": environment,
+            "version": result.version,
+            "deleted": True,
+        },
+        headers={"ETag": f'"{result.version}"'},
+    )
+
+
+# --- the original ConfigSync -----------------------------------------------------------------
+
+
+@legacy.get("/config/get", response_model=LegacyConfig)
+def legacy_get(
+    session: SessionDep,
+    caller: CallerDep,
+    service: Annotated[str, Query(description="the service name")],
+    environment: str = DEFAULT_ENVIRONMENT,
+) -> Response:
+    """Fetch a service's configuration (original ConfigSync)."""
+    _check_names(service, environment)
+    exists, owner = service_owner(session, service)
+    authorize_read(caller, service, environment, owner, exists)
+    state = configs.get(session, service, environment)
+    return _json(
+        {
+            "service": service,
+            "environment": environment,
+            "version": state.version,
+            "config": state.document,
+        }
+    )
+
+
+@legacy.post(
+    "/config/update",
+    response_model=LegacyUpdated,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": LegacyUpdate.model_json_schema()}},
+        }
+    },
+)
+async def legacy_update(request: Request) -> Response:
+    """Create or replace a service's configuration (original ConfigSync).
+
+    The body is JSON whatever the Content-Type says: the original README sends it with
+    `curl -d`, which labels it application/x-www-form-urlencoded.
+    """
+    raw = await request.body()
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidInput(f"the body must be JSON: {exc}") from None
+    try:
+        body = LegacyUpdate.model_validate(parsed)
+    except ValidationError as exc:
+        raise InvalidInput(_validation_message(exc)) from None
+    return await run_in_threadpool(_legacy_write, request, body)
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _legacy_write(request: Request, body: LegacyUpdate) -> Response:
+    with request.app.state.session_factory() as session:
+        caller = request.app.state.authenticator.resolve(session, credentials(request.headers))
+        _authorize_write(session, caller, body.name, body.environment)
+        result = configs.replace(
+            session,
+            body.name,
+            body.environment,
+            body.config,
+            write_context(request, caller),
+            reason=body.reason,
+        )
+        commit(session)
+    what = f"{body.name}/{body.environment}"
+    message = (
+        f"config {what} saved as version {result.version}"
+        if result.changed
+        else f"config {what} unchanged at version {result.version}"
+    )
+    return _json(
+        {
+            "status": "success",
+            "message": message,
+            "service": body.name,
+            "environment": body.environment,
+            "version": result.version,
+        }
+    )
+
+
+__all__ = ["FORMATS", "legacy", "router"]

@@ -1,0 +1,105 @@
+"""Render a config document as JSON, dotenv or YAML: the one place that does it.
+
+dotenv output is read back to the same strings by a POSIX shell (`set -a; . ./file`) and by
+python-dotenv. The two disagree on some characters, so each value gets the quoting both read
+the same way:
+
+- single quotes, when the value has no `'`, no backslash and no `${…}` (python-dotenv expands
+  `${NAME}` even inside single quotes and decodes `\\` and `\'` there; a shell does neither);
+- double quotes with `\\` and `\"` escaped, when the value has no `$` and no backtick (a shell
+  expands those inside double quotes, and python-dotenv keeps `\\$` as two characters).
+
+A value that fits neither (a `$` or backtick together with a `'`, a backslash or `${`) has no
+form that both read alike; rendering refuses it and names the key, rather than hand out a file
+that one of them reads differently. Non-string values are written as compact JSON (`30`,
+`true`, `null`, `{"a":1}`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import orjson
+import yaml
+
+from configsync.configs.documents import Document
+from configsync.errors import InvalidInput
+
+FORMATS = ("json", "dotenv", "yaml")
+MEDIA_TYPES = {
+    "json": "application/json",
+    "dotenv": "text/plain; charset=utf-8",
+    "yaml": "application/yaml",
+}
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DOTENV_INTERPOLATION = re.compile(r"\$\{[^}]*\}")
+
+
+class NotRenderable(InvalidInput):
+    pass
+
+
+def dumps(value: Any) -> bytes:
+    """JSON bytes, fast: orjson, or the standard library for integers beyond 64 bits."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def render(document: Document, fmt: str) -> bytes:
+    if fmt == "json":
+        return dumps(document)
+    if fmt == "dotenv":
+        return render_dotenv(document).encode("utf-8")
+    if fmt == "yaml":
+        return render_yaml(document).encode("utf-8")
+    raise InvalidInput(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+
+
+def dotenv_string(value: Any) -> str:
+    """The string an environment variable holds for a document value."""
+    if isinstance(value, str):
+        return value
+    return dumps(value).decode("utf-8")
+
+
+def quote_dotenv(text: str) -> str | None:
+    """`text` quoted so a shell and python-dotenv read it back alike; None if nothing can."""
+    if "'" not in text and "\\" not in text and not _DOTENV_INTERPOLATION.search(text):
+        return f"'{text}'"
+    if "$" not in text and "`" not in text:
+        escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    return None
+
+
+def render_dotenv(document: Document) -> str:
+    bad_names = [key for key in document if not ENV_NAME.fullmatch(key)]
+    if bad_names:
+        raise NotRenderable(
+            "cannot render as dotenv: these keys are not environment variable names "
+            f"([A-Za-z_][A-Za-z0-9_]*): {', '.join(map(repr, bad_names[:10]))}; use format=json"
+        )
+    lines = []
+    unquotable = []
+    for key, value in document.items():
+        quoted = quote_dotenv(dotenv_string(value))
+        if quoted is None:
+            unquotable.append(key)
+        else:
+            lines.append(f"{key}={quoted}\n")
+    if unquotable:
+        raise NotRenderable(
+            "cannot render as dotenv: the values of "
+            f"{', '.join(map(repr, unquotable[:10]))} mix '$' or '`' with a quote, a backslash "
+            "or '${', which no dotenv quoting reads back the same in a shell and in "
+            "python-dotenv; use format=json"
+        )
+    return "".join(lines)
+
+
+def render_yaml(document: Document) -> str:
+    return yaml.safe_dump(document, allow_unicode=True, sort_keys=False, default_flow_style=False)
