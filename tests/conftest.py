@@ -183,3 +183,89 @@ def cli(*args: str, env: dict[str, str], cwd: Path | None = None, stdin: str | N
         text=True,
         timeout=120,
     )
+
+
+# --- the HTTP API ---------------------------------------------------------------------------
+
+TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+PASSWORD = "password123"
+
+
+class Api:
+    """A TestClient on create_app(), with helpers to make people and log them in."""
+
+    def __init__(self, client: Any, engine: Engine, url: str) -> None:
+        self.client = client
+        self.engine = engine
+        self.url = url
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def signup(self, email: str, password: str = PASSWORD) -> str:
+        response = self.client.post("/auth/signup", json={"email": email, "password": password})
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    def token(self, email: str, password: str = PASSWORD) -> dict[str, str]:
+        response = self.client.post("/auth/login", json={"email": email, "password": password})
+        assert response.status_code == 200, response.text
+        return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+    def person(self, email: str, role: str = "user") -> dict[str, str]:
+        """Sign up `email`, give it `role` (straight in the database), return its auth headers."""
+        user_id = self.signup(email)
+        if role != "user":
+            with self.engine.begin() as conn:
+                conn.execute(
+                    text("UPDATE users SET role = :r WHERE id = :i"), {"r": role, "i": user_id}
+                )
+        return self.token(email)
+
+    def key(
+        self, headers: dict[str, str], service: str, permission: str = "read", **extra: Any
+    ) -> str:
+        body = {
+            "name": f"{service}-{permission}",
+            "service": service,
+            "permission": permission,
+            **extra,
+        }
+        response = self.client.post("/v1/api-keys", headers=headers, json=body)
+        assert response.status_code == 201, response.text
+        return str(response.json()["key"])
+
+    def events(self) -> int:
+        return int(scalar(self.engine, "SELECT count(*) FROM events"))
+
+
+def make_api(url: str, engine: Engine, **settings: Any) -> Iterator[Api]:
+    from fastapi.testclient import TestClient
+
+    from configsync.app import create_app
+    from configsync.settings import Settings
+
+    app = create_app(Settings(database_url=url, secret_key=TEST_SECRET, **settings))
+    with TestClient(app) as client:
+        feed = app.state.change_feed
+        if feed is not None:
+            assert feed.connected.wait(10), "the change feed did not connect"
+        yield Api(client, engine, url)
+
+
+@pytest.fixture
+def pg_api(pg: Engine, pg_url: str) -> Iterator[Api]:
+    yield from make_api(pg_url, pg)
+
+
+@pytest.fixture
+def sqlite_api(sqlite: Engine, sqlite_url: str) -> Iterator[Api]:
+    yield from make_api(sqlite_url, sqlite)
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def any_api(request: pytest.FixtureRequest) -> Api:
+    fixture: Api = request.getfixturevalue(
+        "pg_api" if request.param == "postgresql" else "sqlite_api"
+    )
+    return fixture

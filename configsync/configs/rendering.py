@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 import yaml
 
-from configsync.configs.documents import Document
+from configsync.configs.documents import Document, documents_equal
 from configsync.errors import InvalidInput
 
 FORMATS = ("json", "dotenv", "yaml")
@@ -102,4 +102,16 @@ def render_dotenv(document: Document) -> str:
 
 
 def render_yaml(document: Document) -> str:
-    return yaml.safe_dump(document, allow_unicode=True, sort_keys=False, default_flow_style=False)
+    """YAML that loads back to exactly `document`.
+
+    Readable UTF-8 first; but PyYAML writes some characters (U+0085, U+2028, U+2029) raw where
+    its own reader takes them for line breaks, so the output is checked and, if it would not
+    read back the same, written again with every non-ASCII character escaped.
+    """
+    text = yaml.safe_dump(document, allow_unicode=True, sort_keys=False, default_flow_style=False)
+    try:
+        if documents_equal(yaml.safe_load(text), document):
+            return text
+    except (yaml.YAMLError, InvalidInput):
+        pass
+    return yaml.safe_dump(document, allow_unicode=False, sort_keys=False, default_flow_style=False)
