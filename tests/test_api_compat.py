@@ -51,10 +51,8 @@ def test_readme_flow_returns_what_the_contract_says(any_api: Api) -> None:
     auth = {"Authorization": f"Bearer {token['access_token']}"}
 
     for expected_version, timeout in ((1, 30), (2, 45)):
-        body = (
-            '{"name": "payment-service", "config": {"API_URL": "https://api.example.com", "TIMEOUT": %d}}'
-            % timeout
-        )
+        config = {"API_URL": "https://api.example.com", "TIMEOUT": timeout}
+        body = json.dumps({"name": "payment-service", "config": config}, indent=2)
         # curl -d sends application/x-www-form-urlencoded; the body is JSON all the same
         updated = api.post(
             "/config/update",
