@@ -160,7 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.config_reader = reader
     app.state.change_feed = feed
     app.add_middleware(RequestGuard, max_body=settings.max_document_bytes + BODY_OVERHEAD)
-    _install_error_handlers(app)
+    _install_error_handlers(app, settings.max_document_depth)
 
     @app.get("/", tags=["operations"])
     def root() -> dict[str, str]:
@@ -206,7 +206,9 @@ def _ping_broker(url: str) -> str:
         return f"unavailable: {exc.__class__.__name__}"
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: FastAPI, max_depth: int) -> None:
+    too_deep_message = f"the body is nested too deeply; documents may nest {max_depth} levels"
+
     def problem(status: int, detail: Any, request: Request, **extra: Any) -> Response:
         body = {"detail": detail, **extra}
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
@@ -228,6 +230,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        cause = exc.__cause__  # FastAPI says only "There was an error parsing the body"
+        if isinstance(cause, RecursionError):
+            return problem(422, too_deep_message, request)
+        if isinstance(cause, UnicodeDecodeError):
+            return problem(400, f"the body is not valid UTF-8 JSON: {cause.reason}", request)
         return problem(exc.status_code, exc.detail, request)
 
     @app.exception_handler(OperationalError)
@@ -242,4 +249,4 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RecursionError)
     async def too_deep(request: Request, exc: RecursionError) -> Response:
-        return problem(422, "the body is nested too deeply", request)
+        return problem(422, too_deep_message, request)

@@ -1,7 +1,7 @@
 """The `configsync` command: operate a ConfigSync installation.
 
-Operator commands talk to the database named by DATABASE_URL: migrate, serve, projections,
-audit verify, create-admin.
+Operator commands talk to the database named by DATABASE_URL: migrate, serve, create-admin,
+projections, audit verify.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from configsync.errors import ConfigSyncError
+from configsync.errors import ConfigSyncError, InvalidInput
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -48,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--workers", type=int, default=1)
     serve.set_defaults(handler=_serve)
+
+    admin = commands.add_parser(
+        "create-admin",
+        help="make an admin (or promote an existing account); password from the prompt or stdin",
+    )
+    admin.add_argument("email")
+    admin.set_defaults(handler=_create_admin)
 
     proj = commands.add_parser("projections", help="inspect and rebuild read models")
     proj_commands = proj.add_subparsers(title="projection commands", metavar="ACTION")
@@ -103,6 +110,29 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),
         access_log=False,
     )
+    return 0
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise InvalidInput("the passwords differ")
+        return password
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def _create_admin(args: argparse.Namespace) -> int:
+    from configsync.auth.service import create_admin
+    from configsync.db import unit_of_work
+
+    password = _read_password()
+    with unit_of_work(_session_factory()) as session:
+        user, created = create_admin(session, args.email, password)
+        email = user.email
+    print(f"{'created' if created else 'promoted'} admin {email}")
     return 0
 
 

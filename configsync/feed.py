@@ -9,6 +9,7 @@ switched off, and on every (re)connection they are emptied, since messages may h
 from __future__ import annotations
 
 import logging
+import os
 import select
 import threading
 from collections.abc import Callable
@@ -55,6 +56,7 @@ class ChangeFeed:
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
         self._stopping = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()  # stop() writes here to end the select at once
         self._thread = threading.Thread(
             target=self._run, name="configsync-change-feed", daemon=True
         )
@@ -65,6 +67,7 @@ class ChangeFeed:
 
     def stop(self) -> None:
         self._stopping.set()
+        os.write(self._wake_w, b"x")
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
@@ -89,7 +92,9 @@ class ChangeFeed:
             self._on_connected()
             self.connected.set()
             while not self._stopping.is_set():
-                ready, _, _ = select.select([conn], [], [], 1.0)
+                ready, _, _ = select.select([conn, self._wake_r], [], [], 1.0)
+                if self._stopping.is_set():
+                    return
                 if not ready:
                     with conn.cursor() as cursor:  # notice a dead connection within a second
                         cursor.execute("SELECT 1")
