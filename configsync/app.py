@@ -22,6 +22,7 @@ from configsync.auth.authenticator import Authenticator
 from configsync.auth.endpoints import router as auth_router
 from configsync.configs.endpoints import legacy as legacy_router
 from configsync.configs.endpoints import router as configs_router
+from configsync.configs.fastpath import CachedReads
 from configsync.configs.reader import ConfigReader
 from configsync.configs.rendering import dumps
 from configsync.configs.service import EVENT_LISTENERS
@@ -159,6 +160,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.authenticator = authenticator
     app.state.config_reader = reader
     app.state.change_feed = feed
+    app.add_middleware(CachedReads, authenticator=authenticator, reader=reader)
+    # Added last, so outermost: request ids and the body limit apply to every request.
     app.add_middleware(RequestGuard, max_body=settings.max_document_bytes + BODY_OVERHEAD)
     _install_error_handlers(app, settings.max_document_depth)
 

@@ -301,3 +301,25 @@ def test_a_revoked_key_stops_working_in_every_process(
     assert pg_api.delete(f"/v1/api-keys/{created.json()['id']}", headers=owner).status_code == 204
     assert pg_api.get(URL, headers=reader).status_code == 401  # the revoking process: at once
     assert _eventually(lambda: second_process.get(URL, headers=reader).status_code == 401)
+
+
+def test_a_cached_read_makes_no_database_round_trip(pg_api: Api, owner: dict[str, str]) -> None:
+    from sqlalchemy import event
+
+    pg_api.put(URL, headers=owner, json={"data": {"A": 1}})
+    reader = {"X-API-Key": pg_api.key(owner, "pay")}
+    assert pg_api.get(URL, headers=reader).status_code == 200  # fills the caches
+    statements: list[str] = []
+    engine = pg_api.client.app.state.engine
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        for headers, status in ((reader, 200), ({**reader, "If-None-Match": '"1"'}, 304)):
+            for fmt in ("", "?format=dotenv", "?format=yaml"):
+                response = pg_api.get(URL + fmt, headers=headers)
+                assert response.status_code == status and response.headers["etag"] == '"1"'
+        assert statements == []
+        assert pg_api.get(URL + "?consistent=true", headers=reader).status_code == 200
+        assert statements, "consistent=true must read the database"
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)

@@ -1,0 +1,16 @@
+"""The baseline for bench/read.py: FastAPI returning the same document as pre-serialized bytes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fastapi import FastAPI, Response
+
+BODY = Path(os.environ["CONFIGSYNC_BENCH_BODY"]).read_bytes()
+app = FastAPI()
+
+
+@app.get("/doc")
+async def doc() -> Response:
+    return Response(BODY, media_type="application/json", headers={"ETag": '"1"'})
