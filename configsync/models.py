@@ -8,4 +8,5 @@ def import_all_models() -> None:
     import configsync.configs.models
     import configsync.events.models  # noqa: F401
     import projections.base
-    import projections.current  # noqa: F401
+    import projections.current
+    import projections.snapshots  # noqa: F401

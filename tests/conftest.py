@@ -35,6 +35,7 @@ TABLES = [
     "services",
     "users",
     "config_current",
+    "config_snapshots",
     "projection_checkpoints",
     "events",
 ]

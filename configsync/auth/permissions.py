@@ -87,6 +87,13 @@ def authorize_write(
         raise Forbidden("this API key may only read")
 
 
+def authorize_history(caller: Caller, service: str, owner_id: str | None, exists: bool) -> None:
+    """History and diffs: the owner, admins and auditors (API keys serve configs, not history)."""
+    authorize_read(caller, service, None, owner_id, exists)
+    if not can_read_history(caller, owner_id):
+        raise Forbidden("history is for the service's owner, admins and auditors")
+
+
 def authorize_owner_or_admin(
     caller: Caller, service: str, owner_id: str | None, exists: bool, what: str
 ) -> None:

@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session
 from configsync.auth.authenticator import Authenticator, credentials
 from configsync.auth.permissions import (
     Caller,
+    authorize_history,
+    authorize_owner_or_admin,
     authorize_read,
     authorize_write,
 )
@@ -32,9 +34,13 @@ from configsync.configs.schemas import (
     ConfigOut,
     ConfigWrite,
     ConfigWritten,
+    DiffOut,
+    HistoryOut,
     LegacyConfig,
     LegacyUpdate,
     LegacyUpdated,
+    PromoteBody,
+    RollbackBody,
 )
 from configsync.configs.service import WriteResult
 from configsync.db import commit
@@ -327,6 +333,120 @@ def delete_config(
         },
         headers={"ETag": f'"{result.version}"'},
     )
+
+
+# --- history, diffs, rollback, promotion ------------------------------------------------------
+
+
+def _history_reader(session: Session, caller: Caller, service: str, environment: str) -> None:
+    _check_names(service, environment)
+    exists, owner = service_owner(session, service)
+    authorize_history(caller, service, owner, exists)
+
+
+@router.get(CONFIG_PATH + "/history", response_model=HistoryOut)
+def config_history(
+    service: str,
+    environment: str,
+    session: SessionDep,
+    caller: CallerDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before_version: Annotated[int | None, Query(ge=1)] = None,
+) -> Response:
+    """Every version, newest first: who, when, what (a one-line summary) and why."""
+    _history_reader(session, caller, service, environment)
+    page = configs.history(
+        session, service, environment, limit=limit, before_version=before_version
+    )
+    for item in page.items:
+        item["recorded_at"] = format_instant(item["recorded_at"])
+    return _json({"items": page.items, "next_before_version": page.next_before_version})
+
+
+@router.get(CONFIG_PATH + "/diff", response_model=DiffOut)
+def config_diff(
+    service: str,
+    environment: str,
+    session: SessionDep,
+    caller: CallerDep,
+    from_version: Annotated[int, Query(alias="from", ge=1)],
+    to_version: Annotated[int | None, Query(alias="to", ge=1)] = None,
+) -> Response:
+    """What changed between two versions (`to` defaults to the current one)."""
+    _history_reader(session, caller, service, environment)
+    return _json(configs.diff(session, service, environment, from_version, to_version))
+
+
+@router.get("/v1/services/{service}/compare", response_model=DiffOut, tags=["configs"])
+def compare_environments(
+    service: str,
+    session: SessionDep,
+    caller: CallerDep,
+    from_env: Annotated[str, Query()],
+    to_env: Annotated[str, Query()],
+) -> Response:
+    """What differs between two environments' current documents."""
+    for environment in (from_env, to_env):
+        _check_names(service, environment)
+        exists, owner = service_owner(session, service)
+        authorize_read(caller, service, environment, owner, exists)
+    return _json(configs.compare(session, service, from_env, to_env))
+
+
+@router.post(CONFIG_PATH + "/rollback", response_model=ConfigWritten, responses={412: {}})
+def rollback_config(
+    service: str,
+    environment: str,
+    body: RollbackBody,
+    request: Request,
+    session: SessionDep,
+    caller: CallerDep,
+) -> Response:
+    """Make an earlier version's document current again, as a new version (owner or admin)."""
+    _check_names(service, environment)
+    exists, owner = service_owner(session, service)
+    authorize_owner_or_admin(caller, service, owner, exists, "roll back")
+    result = configs.rollback(
+        session,
+        service,
+        environment,
+        body.to_version,
+        write_context(request, caller),
+        reason=body.reason,
+        expected_version=body.expected_version,
+    )
+    commit(session)
+    extra: dict[str, Any] = {"changed": result.changed, "rollback_of": body.to_version}
+    if not result.changed:
+        extra["message"] = f"already at the document of version {body.to_version}: nothing appended"
+    return _json(response_body(result, extra), headers={"ETag": f'"{result.version}"'})
+
+
+@router.post(CONFIG_PATH + "/promote", response_model=ConfigWritten, responses={412: {}})
+def promote_config(
+    service: str,
+    environment: str,
+    body: PromoteBody,
+    request: Request,
+    session: SessionDep,
+    caller: CallerDep,
+) -> Response:
+    """Copy this environment's document (or some keys of it) into another (owner or admin)."""
+    _check_names(service, environment)
+    exists, owner = service_owner(session, service)
+    authorize_owner_or_admin(caller, service, owner, exists, "promote")
+    result = configs.promote(
+        session,
+        service,
+        environment,
+        body.to_environment,
+        write_context(request, caller),
+        keys=body.keys,
+        reason=body.reason,
+        expected_version=body.expected_version,
+    )
+    commit(session)
+    return _written(result)
 
 
 # --- the original ConfigSync -----------------------------------------------------------------

@@ -81,3 +81,49 @@ class LegacyUpdated(BaseModel):
     service: str
     environment: str
     version: int
+
+
+class RollbackBody(Body):
+    to_version: int = Field(ge=1, description="the version whose document becomes current again")
+    reason: str | None = REASON
+    expected_version: int | None = Field(None, ge=0)
+
+
+class PromoteBody(Body):
+    to_environment: str
+    keys: list[str] | None = Field(
+        None, min_length=1, max_length=2000, description="only these keys (default: all)"
+    )
+    reason: str | None = REASON
+    expected_version: int | None = Field(
+        None, ge=0, description="the version the target environment must be at"
+    )
+
+
+class HistoryItem(BaseModel):
+    version: int
+    recorded_at: str
+    actor: dict[str, Any] | None
+    action: str
+    summary: str
+    reason: str | None
+    rollback_of: int | None
+    promoted_from: dict[str, Any] | None
+    position: int
+
+
+class HistoryOut(BaseModel):
+    items: list[HistoryItem]
+    next_before_version: int | None
+
+
+class Change(BaseModel):
+    op: str
+    path: list[str]
+    old: Any = None
+    new: Any = None
+
+
+class DiffOut(BaseModel):
+    changes: list[Change]
+    stats: dict[str, int]

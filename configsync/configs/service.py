@@ -6,7 +6,7 @@ callbacks registered with `after_commit` (task dispatch, change feed) run only o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -16,22 +16,35 @@ from sqlalchemy.orm import Session
 
 from configsync.configs.documents import (
     DEFAULT_ENVIRONMENT,
+    Change,
     Document,
     Limits,
+    apply_changes,
     compute_changes,
     copy_document,
     documents_equal,
-    fold,
     merge_patch,
+    summarize,
     validate_document,
     validate_name,
 )
 from configsync.configs.models import ServiceRow
 from configsync.db import after_commit, utcnow
 from configsync.errors import Deleted, InvalidInput, NotFound, VersionConflict
-from configsync.events import StoredEvent, append, lock_stream, read_stream, stream_name
+from configsync.events import (
+    StoredEvent,
+    append,
+    lock_stream,
+    read_stream,
+    stream_name,
+    stream_version,
+    version_at,
+)
 from configsync.feed import announce
-from projections import current
+from projections import current, snapshots
+
+CREATED, UPDATED, DELETED = "created", "updated", "deleted"
+ROLLED_BACK, PROMOTED = "rolled_back", "promoted"
 
 # Sessions made by a factory whose info carries this key call each listener with every event
 # they commit, after the commit (see configsync.db.after_commit).
@@ -141,6 +154,8 @@ def _write(
     expected_version: int | None,
     *,
     deleting: bool = False,
+    action: str | None = None,
+    rollback_of: int | None = None,
     extra: dict[str, Any] | None = None,
 ) -> WriteResult:
     validate_name("service", service)
@@ -168,10 +183,15 @@ def _write(
             return _unchanged(state)
 
     changes = compute_changes(old, new)
+    if deleting:
+        action = DELETED
+    elif action is None:
+        action = UPDATED if exists else CREATED
     data: dict[str, Any] = {
+        "action": action,
         "changes": changes,
         "reason": reason,
-        "rollback_of": None,
+        "rollback_of": rollback_of,
         "deleted": deleting,
     }
     data.update(extra or {})
@@ -181,7 +201,8 @@ def _write(
     # message is transactional, so it goes out only if this append commits.
     announce(session, f"config:{stream}:{version + 1}")
     event = append(session, stream, version, data, ctx.metadata())
-    current.apply(session, event, document_before=old)
+    document = current.apply(session, event, document_before=old)
+    snapshots.apply(session, event, document)
     for listener in session.info.get(EVENT_LISTENERS, ()):
         after_commit(session, _bind(listener, event))
     return WriteResult(
@@ -267,49 +288,245 @@ class PastConfig:
     environment: str
     version: int
     document: Document
+    deleted: bool
     recorded_at: datetime
     actor: dict[str, Any]
 
 
-def get_version(session: Session, service: str, environment: str, version: int) -> PastConfig:
-    """The document as it was right after `version` was appended."""
+def state_at(session: Session, service: str, environment: str, version: int) -> PastConfig:
+    """The config right after `version` was appended (deleted or not).
+
+    Folds from the nearest snapshot at or below `version`, so the cost does not grow with
+    the length of the history.
+    """
     validate_name("service", service)
     validate_name("environment", environment)
     if version < 1:
         raise InvalidInput("version must be 1 or more")
-    events = read_stream(session, stream_name(service, environment), up_to_version=version)
-    return _past(service, environment, events, f"version {version}", exact=version)
+    stream = stream_name(service, environment)
+    snap = snapshots.latest(session, stream, version)
+    events = read_stream(
+        session, stream, from_version=snap.version if snap else 1, up_to_version=version
+    )
+    if not events or events[-1].version != version:
+        raise NotFound(f"config {service}/{environment} has no version {version}")
+    document: Document = snap.document if snap else {}
+    for event in events[1:] if snap else events:
+        document = apply_changes(document, event.data["changes"])
+    last = events[-1]
+    return PastConfig(
+        service=service,
+        environment=environment,
+        version=version,
+        document=document,
+        deleted=bool(last.data.get("deleted")),
+        recorded_at=last.recorded_at,
+        actor=last.metadata.get("actor") or {},
+    )
+
+
+def get_version(session: Session, service: str, environment: str, version: int) -> PastConfig:
+    """The document as it was at `version`; Deleted if that version deleted it."""
+    return _present(state_at(session, service, environment, version), f"version {version}")
 
 
 def get_as_of(session: Session, service: str, environment: str, instant: datetime) -> PastConfig:
     """The document as it was at `instant`."""
     validate_name("service", service)
     validate_name("environment", environment)
-    events = read_stream(session, stream_name(service, environment), until=instant)
-    return _past(service, environment, events, f"{instant.isoformat()}")
+    version = version_at(session, stream_name(service, environment), instant)
+    if version == 0:
+        raise NotFound(f"config {service}/{environment} did not exist at {instant.isoformat()}")
+    return _present(state_at(session, service, environment, version), instant.isoformat())
 
 
-def _past(
-    service: str,
-    environment: str,
-    events: Sequence[StoredEvent],
-    when: str,
-    exact: int | None = None,
-) -> PastConfig:
-    if not events or (exact is not None and events[-1].version != exact):
-        raise NotFound(f"config {service}/{environment} has no {when}")
-    state = fold(events)
+def _present(state: PastConfig, when: str) -> PastConfig:
     if state.deleted:
         raise Deleted(
-            f"config {service}/{environment} was deleted at {when}",
+            f"config {state.service}/{state.environment} was deleted at {when}",
             deleted_at_version=state.version,
         )
-    last = events[-1]
-    return PastConfig(
-        service=service,
-        environment=environment,
-        version=state.version,
-        document=state.document,
-        recorded_at=last.recorded_at,
-        actor=last.metadata.get("actor") or {},
+    return state
+
+
+def rollback(
+    session: Session,
+    service: str,
+    environment: str,
+    to_version: int,
+    ctx: WriteContext,
+    *,
+    reason: str | None = None,
+    expected_version: int | None = None,
+) -> WriteResult:
+    """Append a new version whose document is version `to_version`'s. History is not rewritten.
+
+    Rolling back to the current document appends nothing (changed is False); rolling back a
+    deleted config re-creates it.
+    """
+    target = state_at(session, service, environment, to_version)
+    if target.deleted:
+        raise InvalidInput(
+            f"version {to_version} of {service}/{environment} is a deletion; "
+            "roll back to a version that has a document, or DELETE the config"
+        )
+    return _write(
+        session,
+        service,
+        environment,
+        ctx,
+        lambda _old: target.document,
+        reason,
+        expected_version,
+        action=ROLLED_BACK,
+        rollback_of=to_version,
     )
+
+
+def promote(
+    session: Session,
+    service: str,
+    from_environment: str,
+    to_environment: str,
+    ctx: WriteContext,
+    *,
+    keys: list[str] | None = None,
+    reason: str | None = None,
+    expected_version: int | None = None,
+) -> WriteResult:
+    """Copy the current document of one environment, or only `keys` of it, into another."""
+    validate_name("environment", to_environment)
+    if from_environment == to_environment:
+        raise InvalidInput("promote needs a different target environment")
+    source = get(session, service, from_environment)
+    if keys is not None:
+        missing = [k for k in keys if k not in source.document]
+        if missing:
+            raise InvalidInput(
+                f"{service}/{from_environment} has no key {', '.join(map(repr, missing[:10]))}"
+            )
+
+    def promoted(old: Document) -> Document:
+        if keys is None:
+            return copy_document(source.document)
+        new = dict(old)
+        new.update({k: source.document[k] for k in keys})
+        validate_document(new, ctx.limits)
+        return new
+
+    return _write(
+        session,
+        service,
+        to_environment,
+        ctx,
+        promoted,
+        reason,
+        expected_version,
+        action=PROMOTED,
+        extra={"promoted_from": {"environment": from_environment, "version": source.version}},
+    )
+
+
+def action_of(event: StoredEvent) -> str:
+    recorded = event.data.get("action")
+    if isinstance(recorded, str):
+        return recorded
+    if event.data.get("deleted"):
+        return DELETED
+    if event.data.get("rollback_of"):
+        return ROLLED_BACK
+    return CREATED if event.version == 1 else UPDATED
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    items: list[dict[str, Any]]
+    next_before_version: int | None
+
+
+def history(
+    session: Session,
+    service: str,
+    environment: str,
+    *,
+    limit: int = 50,
+    before_version: int | None = None,
+) -> HistoryPage:
+    """Versions newest first, `limit` at a time; page on with `before_version`."""
+    validate_name("service", service)
+    validate_name("environment", environment)
+    events = read_stream(
+        session,
+        stream_name(service, environment),
+        up_to_version=before_version - 1 if before_version is not None else None,
+        newest_first=True,
+        limit=limit,
+    )
+    if not events and before_version is None:
+        raise NotFound(f"config {service}/{environment} not found")
+    items = [
+        {
+            "version": e.version,
+            "recorded_at": e.recorded_at,
+            "actor": e.metadata.get("actor"),
+            "action": action_of(e),
+            "summary": summarize(e.data["changes"]),
+            "reason": e.data.get("reason"),
+            "rollback_of": e.data.get("rollback_of"),
+            "promoted_from": e.data.get("promoted_from"),
+            "position": e.position,
+        }
+        for e in events
+    ]
+    last = events[-1].version if events else 1
+    return HistoryPage(
+        items=items, next_before_version=last if len(events) == limit and last > 1 else None
+    )
+
+
+def describe_changes(changes: list[Change]) -> dict[str, Any]:
+    """Changes as the diff endpoints show them: op, path, old and new, plus counts."""
+    shown = []
+    stats = {"added": 0, "removed": 0, "changed": 0}
+    for change in changes:
+        item: dict[str, Any] = {"op": change["op"], "path": change["path"]}
+        if "old" in change:
+            item["old"] = change["old"]
+        if "value" in change:
+            item["new"] = change["value"]
+        shown.append(item)
+        stats[{"add": "added", "remove": "removed", "replace": "changed"}[change["op"]]] += 1
+    return {"changes": shown, "stats": stats}
+
+
+def diff(
+    session: Session, service: str, environment: str, from_version: int, to_version: int | None
+) -> dict[str, Any]:
+    """What changed between two versions (`to_version` defaults to the current one)."""
+    if to_version is None:
+        to_version = stream_version(session, stream_name(service, environment))
+        if to_version == 0:
+            raise NotFound(f"config {service}/{environment} not found")
+    a = state_at(session, service, environment, from_version)
+    b = state_at(session, service, environment, to_version)
+    return {
+        "from": from_version,
+        "to": to_version,
+        **describe_changes(compute_changes(a.document, b.document)),
+    }
+
+
+def compare(
+    session: Session, service: str, from_environment: str, to_environment: str
+) -> dict[str, Any]:
+    """What differs between two environments' current documents."""
+    a = get(session, service, from_environment)
+    b = get(session, service, to_environment)
+    return {
+        "service": service,
+        "from_env": from_environment,
+        "to_env": to_environment,
+        "from_version": a.version,
+        "to_version": b.version,
+        **describe_changes(compute_changes(a.document, b.document)),
+    }

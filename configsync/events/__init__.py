@@ -16,6 +16,7 @@ from configsync.events.store import (
     stream_name,
     stream_version,
     verify_chain,
+    version_at,
 )
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "stream_name",
     "stream_version",
     "verify_chain",
+    "version_at",
 ]

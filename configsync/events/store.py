@@ -294,8 +294,10 @@ def read_stream(
     up_to_version: int | None = None,
     until: datetime | None = None,
     from_version: int = 1,
+    newest_first: bool = False,
+    limit: int | None = None,
 ) -> list[StoredEvent]:
-    """A stream's events in version order: all, up to a version, or recorded by `until`."""
+    """A stream's events by version: all, a range of versions, or those recorded by `until`."""
     query = select(*_EVENT_COLUMNS).where(
         EventRow.stream == stream, EventRow.version >= from_version
     )
@@ -303,8 +305,20 @@ def read_stream(
         query = query.where(EventRow.version <= up_to_version)
     if until is not None:
         query = query.where(EventRow.recorded_at <= until)
-    rows = session.execute(query.order_by(EventRow.version))
-    return [StoredEvent.from_row(row) for row in rows]
+    query = query.order_by(EventRow.version.desc() if newest_first else EventRow.version)
+    if limit is not None:
+        query = query.limit(limit)
+    return [StoredEvent.from_row(row) for row in session.execute(query)]
+
+
+def version_at(session: Session, stream: str, instant: datetime) -> int:
+    """The stream's version at `instant` (0 if it had no events yet)."""
+    found = session.scalar(
+        select(func.max(EventRow.version)).where(
+            EventRow.stream == stream, EventRow.recorded_at <= instant
+        )
+    )
+    return int(found or 0)
 
 
 def read_after(session: Session, after: int, limit: int = 1000) -> list[StoredEvent]:

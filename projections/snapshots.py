@@ -1,0 +1,81 @@
+"""Snapshots: a config's document every SNAPSHOT_EVERY versions, so reads of the past stay fast.
+
+Reading version N folds the events after the nearest snapshot at or below N, never more than
+SNAPSHOT_EVERY - 1 of them, however long the history. Snapshots are written inline with the
+append that reaches the version, and are derived data: `rebuild` makes them again from events.
+Nothing is ever compacted away: the events stay, and every version can be read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Integer, String, Text, delete, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from configsync.configs.documents import Document, apply_changes
+from configsync.db import Base, upsert
+from configsync.events import StoredEvent, iter_all
+from configsync.events.canonical import canonical_json, loads
+
+NAME = "snapshots"
+SNAPSHOT_EVERY = 100
+
+
+class SnapshotRow(Base):
+    __tablename__ = "config_snapshots"
+
+    stream: Mapped[str] = mapped_column(String(160), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[str] = mapped_column(Text)  # canonical JSON of the document at that version
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    version: int
+    document: Document
+
+
+def apply(session: Session, event: StoredEvent, document: Document) -> None:
+    """Called with each appended event and the document it produced."""
+    if event.version % SNAPSHOT_EVERY == 0:
+        _write(
+            session,
+            [{"stream": event.stream, "version": event.version, "data": canonical_json(document)}],
+        )
+
+
+def _write(session: Session, rows: list[dict[str, object]]) -> None:
+    upsert(session, SnapshotRow, rows, key=["stream", "version"], update=["data"])
+
+
+def latest(session: Session, stream: str, at_or_before: int) -> Snapshot | None:
+    row = session.execute(
+        select(SnapshotRow.version, SnapshotRow.data)
+        .where(SnapshotRow.stream == stream, SnapshotRow.version <= at_or_before)
+        .order_by(SnapshotRow.version.desc())
+        .limit(1)
+    ).first()
+    return Snapshot(version=row.version, document=loads(row.data)) if row else None
+
+
+def rebuild(session: Session) -> int:
+    """Replay every event and write every snapshot again; returns how many were written."""
+    documents: dict[str, Document] = {}
+    rows: list[dict[str, object]] = []
+    for event in iter_all(session):
+        documents[event.stream] = apply_changes(
+            documents.get(event.stream, {}), event.data["changes"]
+        )
+        if event.version % SNAPSHOT_EVERY == 0:
+            rows.append(
+                {
+                    "stream": event.stream,
+                    "version": event.version,
+                    "data": canonical_json(documents[event.stream]),
+                }
+            )
+    session.execute(delete(SnapshotRow))
+    for start in range(0, len(rows), 500):
+        _write(session, rows[start : start + 500])
+    return len(rows)
