@@ -137,9 +137,7 @@ def main() -> None:
         )
         try:
             assert httpx.get(config_url, headers={"X-API-Key": key}).json()["data"] == document()
-            print(
-                f"document: {len(body)} bytes; wrk -t2 -c32 -d{args.duration}; 2 workers each"
-            )
+            print(f"document: {len(body)} bytes; wrk -t2 -c32 -d{args.duration}; 2 workers each")
             results = {}
             scenarios = [
                 ("trivial app (pre-serialized bytes)", f"http://127.0.0.1:{trivial_port}/doc", {}),

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import configsync
+from configsync.audit.endpoints import router as audit_router
 from configsync.auth.authenticator import Authenticator
 from configsync.auth.endpoints import router as auth_router
 from configsync.configs.endpoints import legacy as legacy_router
@@ -30,6 +31,7 @@ from configsync.db import make_engine, make_session_factory
 from configsync.errors import ConfigSyncError
 from configsync.feed import LOCAL_LISTENER, ChangeFeed
 from configsync.settings import Settings, get_settings
+from configsync.tasks import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +127,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reader.cache.switch(enabled)
         authenticator.keys.switch(enabled)
 
-    session_factory.configure(info={LOCAL_LISTENER: changed, EVENT_LISTENERS: []})
+    dispatcher = Dispatcher(settings, session_factory)
+    session_factory.configure(info={LOCAL_LISTENER: changed, EVENT_LISTENERS: [dispatcher]})
     feed = (
         ChangeFeed(
             settings.database_url,
@@ -146,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if feed is not None:
                 feed.stop()
+            dispatcher.close()
             engine.dispose()
 
     app = FastAPI(
@@ -196,6 +200,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(legacy_router)
     app.include_router(auth_router)
     app.include_router(configs_router)
+    app.include_router(audit_router)
     return app
 
 

@@ -59,10 +59,23 @@ def _parser() -> argparse.ArgumentParser:
     proj = commands.add_parser("projections", help="inspect and rebuild read models")
     proj_commands = proj.add_subparsers(title="projection commands", metavar="ACTION")
     rebuild = proj_commands.add_parser("rebuild", help="replay every event into a projection")
-    rebuild.add_argument("name", choices=["current"])
+    rebuild.add_argument("name", choices=["current", "snapshots", "audit"])
     rebuild.set_defaults(handler=_projections_rebuild)
     verify = proj_commands.add_parser("verify", help="check `current` against a fresh fold")
     verify.set_defaults(handler=_projections_verify)
+    status = proj_commands.add_parser("status", help="each projection's position and lag")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_projections_status)
+
+    worker = commands.add_parser(
+        "worker", help="run the Celery worker (with the periodic catch-up) that applies projections"
+    )
+    worker.add_argument("--concurrency", type=int, default=2)
+    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument(
+        "--no-beat", action="store_true", help="leave the periodic catch-up to another worker"
+    )
+    worker.set_defaults(handler=_worker)
 
     audit = commands.add_parser("audit", help="the tamper-evident log")
     audit_commands = audit.add_subparsers(title="audit commands", metavar="ACTION")
@@ -138,11 +151,72 @@ def _create_admin(args: argparse.Namespace) -> int:
 
 def _projections_rebuild(args: argparse.Namespace) -> int:
     from configsync.db import unit_of_work
-    from projections import current
+    from projections import current, snapshots
 
     with unit_of_work(_session_factory()) as session:
-        replayed = current.rebuild(session)
-    print(f"rebuilt {args.name} from {replayed} events")
+        if args.name == "current":
+            replayed = current.rebuild(session)
+            print(f"rebuilt current from {replayed} events")
+        elif args.name == "snapshots":
+            written = snapshots.rebuild(session)
+            print(f"rebuilt snapshots: {written} written")
+    if args.name == "audit":
+        from projections.audit import AuditProjection
+        from projections.base import rebuild
+
+        replayed = rebuild(_session_factory(), AuditProjection())
+        print(f"rebuilt audit from {replayed} events")
+    return 0
+
+
+def _projections_status(args: argparse.Namespace) -> int:
+    from configsync.events import last_position
+    from projections import current
+    from projections.audit import NAME as AUDIT
+    from projections.base import status
+
+    session = _session_factory()()
+    try:
+        last = last_position(session)
+        rows = [("current", current.position(session))]
+        rows += [(s.name, s.position) for s in status(session, [AUDIT])]
+    finally:
+        session.close()
+    table = [{"name": n, "position": p, "lag": last - p} for n, p in rows]
+    if args.json:
+        _print_json({"last_position": last, "projections": table})
+    else:
+        print(f"last event position: {last}")
+        for row in table:
+            print(f"  {row['name']:10s} position {row['position']:>10}   lag {row['lag']}")
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import os
+    import tempfile
+
+    from configsync.settings import get_settings
+    from configsync.tasks import QUEUE, configure
+
+    settings = get_settings()
+    if not settings.redis_url:
+        raise InvalidInput(
+            "configsync worker needs REDIS_URL; without it (embedded mode) the projections run "
+            "inside the API process after every write"
+        )
+    app = configure(settings)
+    argv = [
+        "worker",
+        f"--concurrency={args.concurrency}",
+        "--pool=prefork",
+        f"--loglevel={args.loglevel}",
+        f"--queues={QUEUE}",
+    ]
+    if not args.no_beat:
+        schedule = f"{tempfile.gettempdir()}/configsync-beat-{os.getpid()}"
+        argv += ["--beat", f"--schedule={schedule}"]
+    app.worker_main(argv)
     return 0
 
 

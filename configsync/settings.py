@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     broker_publish_timeout: float = Field(0.5, gt=0)
     audit_log: str = "logs/config_audit.log"
     catch_up_interval_seconds: float = Field(5.0, gt=0)
+    projection_batch_size: int = Field(1000, ge=1, le=100_000)
+    # Tests only: seconds to sleep inside each projection batch, before it commits, so a test
+    # can kill a worker in the middle of one.
+    debug_batch_delay: float = Field(0.0, ge=0)
     log_level: str = "INFO"
 
     @model_validator(mode="after")

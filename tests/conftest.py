@@ -31,6 +31,7 @@ REQUIRE_SERVICES = os.environ.get("CONFIGSYNC_REQUIRE_SERVICES", "") not in ("",
 
 # Tables emptied between PostgreSQL tests, children first.
 TABLES = [
+    "audit_log",
     "api_keys",
     "services",
     "users",
@@ -271,11 +272,14 @@ class Api:
 def make_api(
     url: str, engine: Engine, *, wait_for_feed: bool = True, **settings: Any
 ) -> Iterator[Api]:
+    import tempfile
+
     from fastapi.testclient import TestClient
 
     from configsync.app import create_app
     from configsync.settings import Settings
 
+    settings.setdefault("audit_log", f"{tempfile.mkdtemp(prefix='configsync-audit-')}/audit.log")
     app = create_app(Settings(database_url=url, secret_key=TEST_SECRET, **settings))
     with TestClient(app) as client:
         feed = app.state.change_feed

@@ -1,0 +1,156 @@
+"""Celery: the worker that applies the asynchronous projections, and how the API asks it to.
+
+Nothing is lost whatever happens to the messages: the one task means "apply every event after
+the checkpoint", so a lost task is made up by the next one, by the worker's start-up catch-up
+or by the periodic one (beat), and a duplicated or reordered task finds nothing left to do.
+The settings below make sure a task that was running when its worker died is run again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from celery import Celery, signals
+from sqlalchemy.orm import Session, sessionmaker
+
+from configsync.db import make_engine, make_session_factory
+from configsync.events import StoredEvent
+from configsync.settings import Settings, get_settings
+from projections.audit import AuditFile, AuditProjection
+from projections.base import catch_up
+
+log = logging.getLogger(__name__)
+
+CATCH_UP = "configsync.catch_up"
+QUEUE = "configsync"
+
+celery_app = Celery("configsync")
+
+
+def configure(settings: Settings) -> Celery:
+    celery_app.conf.update(
+        broker_url=settings.redis_url or "memory://",
+        task_default_queue=QUEUE,
+        task_ignore_result=True,
+        # A task is acknowledged only when it has finished, and one whose worker process died
+        # is given back to the queue: a SIGKILL mid-batch loses nothing.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": 3600,
+            "socket_timeout": 2,
+            "socket_connect_timeout": 1,
+        },
+        beat_schedule={
+            "catch-up": {"task": CATCH_UP, "schedule": settings.catch_up_interval_seconds}
+        },
+        worker_hijack_root_logger=False,
+    )
+    return celery_app
+
+
+class _Runtime:
+    """One engine per process, made lazily: a forked worker child must not share its parent's."""
+
+    def __init__(self) -> None:
+        self._factory: sessionmaker[Session] | None = None
+        self._engine: Any = None
+
+    def factory(self) -> sessionmaker[Session]:
+        if self._factory is None:
+            self._engine = make_engine(get_settings().database_url)
+            self._factory = make_session_factory(self._engine)
+        return self._factory
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose(close=False)
+        self._engine = None
+        self._factory = None
+
+
+runtime = _Runtime()
+
+
+def run_projections(factory: sessionmaker[Session], settings: Settings) -> dict[str, int]:
+    """Catch every asynchronous projection up: the audit table, then the audit file."""
+    delay = settings.debug_batch_delay
+
+    def pause(_events: Sequence[StoredEvent]) -> None:
+        if delay:
+            time.sleep(delay)
+
+    applied = catch_up(
+        factory, AuditProjection(), batch_size=settings.projection_batch_size, on_batch=pause
+    )
+    with factory() as session:
+        written = AuditFile(settings.audit_log).catch_up(session)
+    return {"audit": applied, "audit_file": written}
+
+
+@celery_app.task(name=CATCH_UP)
+def catch_up_task() -> dict[str, int]:
+    return run_projections(runtime.factory(), get_settings())
+
+
+@signals.worker_process_init.connect
+def _fresh_engine_after_fork(**_: Any) -> None:
+    runtime.dispose()
+
+
+@signals.worker_ready.connect
+def _catch_up_on_start(**_: Any) -> None:
+    # Whatever was committed while no worker ran (or while the broker was down) is applied now.
+    catch_up_task.apply_async()
+
+
+class Dispatcher:
+    """Called after each commit that appended an event: get the asynchronous projections run.
+
+    Embedded mode (no REDIS_URL) runs them in-process right away. Otherwise a task is sent from
+    a background thread, so a slow or dead broker never holds up the request; sends are
+    coalesced (one task catches everything up), and a failed send is only logged: the worker's
+    periodic and start-up catch-ups apply the event anyway.
+    """
+
+    def __init__(self, settings: Settings, factory: sessionmaker[Session]) -> None:
+        self._settings = settings
+        self._factory = factory
+        self._pending = threading.Event()
+        self._executor = (
+            None
+            if settings.embedded
+            else ThreadPoolExecutor(1, thread_name_prefix="configsync-publish")
+        )
+        if not settings.embedded:
+            configure(settings)
+
+    def __call__(self, _event: StoredEvent) -> None:
+        if self._executor is None:
+            try:
+                run_projections(self._factory, self._settings)
+            except Exception:
+                log.exception("in-process projections failed; they catch up on the next write")
+            return
+        if self._pending.is_set():
+            return
+        self._pending.set()
+        self._executor.submit(self._send)
+
+    def _send(self) -> None:
+        self._pending.clear()
+        try:
+            catch_up_task.apply_async(retry=False)
+        except Exception as exc:
+            log.warning("could not send the projection task (the worker will catch up): %s", exc)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=False)

@@ -1,0 +1,180 @@
+"""The audit log: one row per event, exactly once, and the same as JSON lines in a file.
+
+The table is applied by the projection runner (projections.base.catch_up): rows and checkpoint
+commit together. The file is its own consumer of the table: it resumes from the last position
+it holds, so a crash mid-write can neither skip nor repeat a line (a torn last line is cut off
+and written again).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import BigInteger, Integer, String, Text, delete, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from configsync.configs.documents import summarize
+from configsync.configs.service import action_of
+from configsync.db import Base, UTCDateTime
+from configsync.events import StoredEvent, format_instant, split_stream
+from configsync.events.canonical import canonical_json, loads
+
+NAME = "audit"
+
+
+class AuditRow(Base):
+    __tablename__ = "audit_log"
+
+    position: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    actor_kind: Mapped[str] = mapped_column(String(16))
+    actor_id: Mapped[str] = mapped_column(String(64))
+    actor_name: Mapped[str] = mapped_column(String(320), index=True)
+    service: Mapped[str] = mapped_column(String(63), index=True)
+    environment: Mapped[str] = mapped_column(String(63))
+    version: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(16))
+    summary: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    changes: Mapped[str] = mapped_column(Text)  # canonical JSON
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+def row_values(event: StoredEvent) -> dict[str, Any]:
+    service, environment = split_stream(event.stream)
+    actor = event.metadata.get("actor") or {}
+    return {
+        "position": event.position,
+        "event_id": event.event_id,
+        "recorded_at": event.recorded_at,
+        "actor_kind": str(actor.get("kind", "")),
+        "actor_id": str(actor.get("id", "")),
+        "actor_name": str(actor.get("name", "")),
+        "service": service,
+        "environment": environment,
+        "version": event.version,
+        "action": action_of(event),
+        "summary": summarize(event.data["changes"]),
+        "reason": event.data.get("reason"),
+        "changes": canonical_json(event.data["changes"]),
+        "hash": event.hash,
+    }
+
+
+def as_item(row: AuditRow) -> dict[str, Any]:
+    """An audit row as the API and the file show it."""
+    return {
+        "position": row.position,
+        "event_id": row.event_id,
+        "recorded_at": format_instant(row.recorded_at),
+        "actor": {"kind": row.actor_kind, "id": row.actor_id, "name": row.actor_name},
+        "service": row.service,
+        "environment": row.environment,
+        "version": row.version,
+        "action": row.action,
+        "summary": row.summary,
+        "reason": row.reason,
+        "changes": loads(row.changes),
+        "hash": row.hash,
+    }
+
+
+class AuditProjection:
+    name = NAME
+
+    def apply(self, session: Session, events: Sequence[StoredEvent]) -> None:
+        # DO NOTHING on a position already there: the checkpoint lock makes that impossible,
+        # and the unique key would make it harmless.
+        rows = [row_values(e) for e in events]
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        session.execute(
+            insert(AuditRow).values(rows).on_conflict_do_nothing(index_elements=["position"])
+        )
+
+    def clear(self, session: Session) -> None:
+        session.execute(delete(AuditRow))
+
+
+def rows_after(session: Session, after: int, limit: int) -> list[AuditRow]:
+    return list(
+        session.scalars(
+            select(AuditRow)
+            .where(AuditRow.position > after)
+            .order_by(AuditRow.position)
+            .limit(limit)
+        )
+    )
+
+
+class AuditFile:
+    """The JSON-lines audit file; appends the table's rows it does not hold yet."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def catch_up(self, session: Session, *, batch_size: int = 1000) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        written = 0
+        with open(self.path, "a+b") as handle:
+            # One writer at a time on this host; another waits, then resumes after our lines.
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                last = self._repair_and_last_position(handle)
+                while True:
+                    rows = rows_after(session, last, batch_size)
+                    if not rows:
+                        break
+                    handle.write(b"".join(self._line(row) for row in rows))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                    written += len(rows)
+                    last = rows[-1].position
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return written
+
+    @staticmethod
+    def _line(row: AuditRow) -> bytes:
+        return json.dumps(as_item(row), ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+    @staticmethod
+    def _repair_and_last_position(handle: Any) -> int:
+        """The last complete line's position; a torn last line (no newline) is cut off."""
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        if size == 0:
+            return 0
+        tail = b""
+        offset = size
+        while offset > 0 and tail.count(b"\n") < 2:
+            step = min(65536, offset)
+            offset -= step
+            handle.seek(offset)
+            tail = handle.read(step) + tail
+        if not tail.endswith(b"\n"):
+            cut = tail.rfind(b"\n")
+            keep = offset + cut + 1 if cut >= 0 else 0
+            handle.truncate(keep)
+            tail = tail[: cut + 1] if cut >= 0 else b""
+        lines = tail.rstrip(b"\n").split(b"\n")
+        if not lines or not lines[-1]:
+            return 0
+        return int(json.loads(lines[-1])["position"])
+
+    def lines(self) -> Iterator[dict[str, Any]]:
+        if not self.path.exists():
+            return
+        with open(self.path, encoding="utf-8") as handle:
+            for line in handle:
+                yield json.loads(line)

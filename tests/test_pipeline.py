@@ -1,0 +1,234 @@
+"""The event pipeline with a real `configsync worker` (Celery, prefork), Redis and PostgreSQL.
+
+Every event is audited exactly once, in order, whatever happens to the broker or the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from tests.conftest import Api, clean_env, free_port, make_api, missing_service, redis_url_for_tests
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    url = redis_url_for_tests()
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2)
+        client.flushdb()
+    except Exception as exc:
+        missing_service(f"Redis is not reachable at {url}: {exc}")
+    return url
+
+
+@pytest.fixture
+def audit_file(tmp_path: Path) -> Path:
+    return tmp_path / "logs" / "config_audit.log"
+
+
+class Worker:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, **extra: str) -> Worker:
+        exe = Path(sys.executable).with_name("configsync")
+        self.process = subprocess.Popen(
+            [str(exe), "worker", "--concurrency", "1", "--loglevel", "WARNING"],
+            env={**self.env, **extra},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        return self
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def worker_env(pg_url: str, redis_url: str, audit_file: Path) -> dict[str, str]:
+    return clean_env(
+        DATABASE_URL=pg_url,
+        REDIS_URL=redis_url,
+        CONFIGSYNC_AUDIT_LOG=str(audit_file),
+        CONFIGSYNC_CATCH_UP_INTERVAL_SECONDS="1",
+    )
+
+
+@pytest.fixture
+def worker(worker_env: dict[str, str]) -> Iterator[Worker]:
+    w = Worker(worker_env)
+    yield w
+    w.kill(signal.SIGTERM)
+
+
+@pytest.fixture
+def api(pg: Engine, pg_url: str, redis_url: str, audit_file: Path) -> Iterator[Api]:
+    yield from make_api(pg_url, pg, redis_url=redis_url, audit_log=str(audit_file))
+
+
+def wait_for(check: Callable[[], Any], seconds: float = 20.0) -> Any:
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def audit_rows(engine: Engine) -> list[Any]:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT * FROM audit_log ORDER BY position")).all()
+
+
+def file_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def exactly_once(engine: Engine, path: Path, count: int) -> bool:
+    rows, lines = audit_rows(engine), file_lines(path)
+    positions = list(range(1, count + 1))
+    return [r.position for r in rows] == positions and [
+        line["position"] for line in lines
+    ] == positions
+
+
+def writes(api: Api, count: int, headers: dict[str, str], start: int = 0) -> None:
+    for i in range(start, start + count):
+        response = api.put(
+            f"/v1/configs/svc{i % 3}/prod",
+            headers=headers,
+            json={"data": {"N": i, "NAME": f"n{i}"}, "reason": f"write {i}"},
+        )
+        assert response.status_code in (200, 201), response.text
+
+
+def test_writes_are_audited_exactly_once_in_order_with_their_fields(
+    api: Api, worker: Worker, audit_file: Path
+) -> None:
+    worker.start()
+    owner = api.person("owner@example.com")
+    writes(api, 12, owner)
+    assert wait_for(lambda: exactly_once(api.engine, audit_file, 12))
+    rows = audit_rows(api.engine)
+    first = rows[0]
+    assert (first.service, first.environment, first.version, first.action) == (
+        "svc0",
+        "prod",
+        1,
+        "created",
+    )
+    assert first.actor_name == "owner@example.com" and first.actor_kind == "user"
+    assert first.summary == "+2 ~0 -0: N, NAME" and first.reason == "write 0"
+    assert rows[3].action == "updated" and rows[3].summary == "+0 ~2 -0: N, NAME"
+    with api.engine.connect() as conn:
+        hashes = dict(conn.execute(text("SELECT position, hash FROM events")).all())
+    assert all(r.hash == hashes[r.position] for r in rows)
+    line = file_lines(audit_file)[3]
+    assert line["actor"]["name"] == "owner@example.com" and line["summary"] == rows[3].summary
+    assert line["changes"] == [
+        {"op": "replace", "path": ["N"], "value": 3, "old": 0},
+        {"op": "replace", "path": ["NAME"], "value": "n3", "old": "n0"},
+    ]
+
+
+def test_broker_down_writes_still_succeed_and_are_audited_once_it_is_back(
+    pg: Engine, pg_url: str, worker: Worker, audit_file: Path
+) -> None:
+    dead_broker = f"redis://127.0.0.1:{free_port()}/0"
+    down = make_api(pg_url, pg, redis_url=dead_broker, audit_log=str(audit_file))
+    api = next(down)
+    owner = api.person("owner@example.com")
+    for i in range(8):
+        began = time.monotonic()
+        response = api.put(f"/v1/configs/svc{i}/prod", headers=owner, json={"data": {"N": i}})
+        assert response.status_code == 201
+        assert time.monotonic() - began < 1.0  # the dead broker does not hold the request up
+    assert audit_rows(pg) == []
+    with pytest.raises(StopIteration):
+        next(down)
+
+    worker.start()  # the real broker: start-up catch-up applies what was missed
+    assert wait_for(lambda: exactly_once(pg, audit_file, 8))
+
+
+def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(
+    api: Api, worker: Worker, audit_file: Path, worker_env: dict[str, str]
+) -> None:
+    owner = api.person("owner@example.com")
+    writes(api, 20, owner)
+    # Each batch of 5 sleeps 1.5 s before it commits: kill the worker inside the second one.
+    worker.start(CONFIGSYNC_PROJECTION_BATCH_SIZE="5", CONFIGSYNC_DEBUG_BATCH_DELAY="1.5")
+    assert wait_for(lambda: len(audit_rows(api.engine)) >= 5, seconds=30)
+    time.sleep(0.5)
+    worker.kill(signal.SIGKILL)
+    partial = audit_rows(api.engine)
+    assert 5 <= len(partial) < 20 and len(partial) % 5 == 0  # whole batches only
+    assert [r.position for r in partial] == list(range(1, len(partial) + 1))
+
+    restarted = Worker(worker_env).start()  # a fresh worker, no delay
+    try:
+        assert wait_for(lambda: exactly_once(api.engine, audit_file, 20), seconds=30)
+    finally:
+        restarted.kill(signal.SIGTERM)
+
+
+def test_duplicate_and_repeated_task_messages_change_nothing(
+    api: Api, worker: Worker, audit_file: Path, redis_url: str
+) -> None:
+    from configsync.tasks import CATCH_UP, QUEUE, celery_app
+
+    worker.start()
+    owner = api.person("owner@example.com")
+    writes(api, 6, owner)
+    assert wait_for(lambda: exactly_once(api.engine, audit_file, 6))
+    before = [tuple(r) for r in audit_rows(api.engine)]
+    celery_app.conf.broker_url = redis_url
+    for _ in range(5):
+        celery_app.send_task(CATCH_UP, queue=QUEUE)
+    time.sleep(3)
+    assert [tuple(r) for r in audit_rows(api.engine)] == before
+    assert len(file_lines(audit_file)) == 6
+
+
+def test_rebuild_gives_the_same_rows_and_status_shows_no_lag(
+    api: Api, worker: Worker, audit_file: Path, worker_env: dict[str, str]
+) -> None:
+    from tests.conftest import cli
+
+    worker.start()
+    owner = api.person("owner@example.com")
+    writes(api, 7, owner)
+    assert wait_for(lambda: exactly_once(api.engine, audit_file, 7))
+    before = [tuple(r) for r in audit_rows(api.engine)]
+    rebuilt = cli("projections", "rebuild", "audit", env=worker_env)
+    assert rebuilt.returncode == 0 and "from 7 events" in rebuilt.stdout
+    assert [tuple(r) for r in audit_rows(api.engine)] == before
+    status = cli("projections", "status", "--json", env=worker_env)
+    table = {p["name"]: p for p in json.loads(status.stdout)["projections"]}
+    assert table["audit"]["lag"] == 0 and table["audit"]["position"] == 7
+    assert table["current"]["lag"] == 0
+    admin = api.person("admin@example.com", "admin")
+    over_http = api.get("/v1/projections", headers=admin).json()
+    assert {p["name"]: p["lag"] for p in over_http["projections"]} == {"current": 0, "audit": 0}
+    assert api.get("/v1/projections", headers=owner).status_code == 403
