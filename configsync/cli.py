@@ -1,7 +1,8 @@
-"""The `configsync` command: operate a ConfigSync installation.
+"""The `configsync` command.
 
-Operator commands talk to the database named by DATABASE_URL: migrate, serve, create-admin,
-projections, audit verify.
+Operator commands talk to the database named by DATABASE_URL: migrate, serve, worker,
+create-admin, projections, audit verify. Commands for people talk to a server (CONFIGSYNC_URL,
+with the token `configsync login` keeps): history, diff, rollback, compare.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from configsync.client import DEFAULT_URL, ClientError
 from configsync.errors import ConfigSyncError, InvalidInput
 
 Handler = Callable[[argparse.Namespace], int]
@@ -28,6 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except ConfigSyncError as exc:
         print(f"configsync: {exc.detail}", file=sys.stderr)
+        return 1
+    except ClientError as exc:
+        print(f"configsync: the server answered {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -77,11 +82,156 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(handler=_worker)
 
+    # --- for people, against a server (CONFIGSYNC_URL) -------------------------------------
+    login = commands.add_parser("login", help="log in to a server and keep the token (0600)")
+    login.add_argument("email")
+    login.add_argument("--url", help=f"the server (default: CONFIGSYNC_URL or {DEFAULT_URL})")
+    login.set_defaults(handler=_login)
+
+    history = commands.add_parser("history", help="a config's versions, newest first")
+    history.add_argument("service")
+    history.add_argument("-e", "--environment", default="default")
+    history.add_argument("--limit", type=int, default=50)
+    history.add_argument("--json", action="store_true")
+    history.set_defaults(handler=_history)
+
+    diff = commands.add_parser("diff", help="what changed between two versions (B: current)")
+    diff.add_argument("service")
+    diff.add_argument("a", type=int)
+    diff.add_argument("b", type=int, nargs="?")
+    diff.add_argument("-e", "--environment", default="default")
+    diff.add_argument("--json", action="store_true")
+    diff.set_defaults(handler=_diff)
+
+    rollback = commands.add_parser("rollback", help="make a version's document current again")
+    rollback.add_argument("service")
+    rollback.add_argument("version", type=int)
+    rollback.add_argument("--reason", required=True)
+    rollback.add_argument("-e", "--environment", default="default")
+    rollback.add_argument("--json", action="store_true")
+    rollback.set_defaults(handler=_rollback)
+
+    compare = commands.add_parser("compare", help="what differs between two environments")
+    compare.add_argument("service")
+    compare.add_argument("env_a")
+    compare.add_argument("env_b")
+    compare.add_argument("--json", action="store_true")
+    compare.set_defaults(handler=_compare)
+
     audit = commands.add_parser("audit", help="the tamper-evident log")
     audit_commands = audit.add_subparsers(title="audit commands", metavar="ACTION")
     audit_verify = audit_commands.add_parser("verify", help="walk and check the hash chain")
     audit_verify.set_defaults(handler=_audit_verify)
     return parser
+
+
+def _client() -> Any:
+    from configsync.client import Client, saved_login, server_url
+
+    saved = saved_login()
+    if saved is None:
+        raise InvalidInput("not logged in: run `configsync login EMAIL` first")
+    return Client(server_url(), token=saved["access_token"])
+
+
+def _login(args: argparse.Namespace) -> int:
+    import os
+
+    from configsync.client import Client, save_login, server_url
+
+    url = args.url or os.environ.get("CONFIGSYNC_URL") or server_url()
+    password = _read_password(confirm=False)
+    token = Client(url).login(args.email, password)["access_token"]
+    path = save_login(url, args.email, token)
+    print(f"logged in to {url} as {args.email} (token kept in {path})")
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    page = _client().history(args.service, args.environment, limit=args.limit)
+    if args.json:
+        _print_json(page)
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"{args.service}/{args.environment}")
+    for column in ("version", "recorded at", "actor", "action", "summary", "reason"):
+        table.add_column(column)
+    for item in page["items"]:
+        action = item["action"] + (f" to v{item['rollback_of']}" if item.get("rollback_of") else "")
+        table.add_row(
+            str(item["version"]),
+            item["recorded_at"],
+            (item.get("actor") or {}).get("name", ""),
+            action,
+            item["summary"],
+            item.get("reason") or "",
+        )
+    _console().print(table)
+    return 0
+
+
+def _show_changes(title: str, answer: dict[str, Any]) -> None:
+    console = _console()
+    console.print(f"[bold]{title}[/bold]")
+    symbols = {"add": ("+", "green"), "remove": ("-", "red"), "replace": ("~", "yellow")}
+    for change in answer["changes"]:
+        sign, colour = symbols[change["op"]]
+        path = ".".join(change["path"]) or "(whole document)"
+        if change["op"] == "replace":
+            text = f"{path}: {json.dumps(change['old'])} -> {json.dumps(change['new'])}"
+        elif change["op"] == "add":
+            text = f"{path}: {json.dumps(change['new'])}"
+        else:
+            text = f"{path}: {json.dumps(change['old'])}"
+        console.print(f"[{colour}]{sign} {text}[/{colour}]", highlight=False, markup=True)
+    stats = answer["stats"]
+    console.print(f"{stats['added']} added, {stats['changed']} changed, {stats['removed']} removed")
+
+
+def _diff(args: argparse.Namespace) -> int:
+    answer = _client().diff(args.service, args.environment, args.a, args.b)
+    if args.json:
+        _print_json(answer)
+    else:
+        _show_changes(
+            f"{args.service}/{args.environment}: v{answer['from']} -> v{answer['to']}", answer
+        )
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    answer = _client().rollback(args.service, args.environment, args.version, args.reason)
+    if args.json:
+        _print_json(answer)
+    elif answer["changed"]:
+        print(
+            f"{args.service}/{args.environment} is now version {answer['version']} "
+            f"(the document of version {args.version})"
+        )
+    else:
+        print(answer.get("message", "nothing changed"))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    answer = _client().compare(args.service, args.env_a, args.env_b)
+    if args.json:
+        _print_json(answer)
+    else:
+        _show_changes(
+            f"{args.service}: {args.env_a} (v{answer['from_version']}) -> "
+            f"{args.env_b} (v{answer['to_version']})",
+            answer,
+        )
+    return 0
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    # On a terminal rich fits its width; piped, lines are kept whole rather than wrapped at 80.
+    return Console(width=None if sys.stdout.isatty() else 200)
 
 
 def _session_factory() -> Any:
@@ -126,12 +276,12 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_password() -> str:
+def _read_password(*, confirm: bool = True) -> str:
     if sys.stdin.isatty():
         import getpass
 
         password = getpass.getpass("Password: ")
-        if getpass.getpass("Again: ") != password:
+        if confirm and getpass.getpass("Again: ") != password:
             raise InvalidInput("the passwords differ")
         return password
     return sys.stdin.readline().rstrip("\r\n")

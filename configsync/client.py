@@ -1,0 +1,142 @@
+"""A small Python client for ConfigSync: what services and the command line use.
+
+client = Client("http://configsync:8000", api_key="cs_...")
+config = client.get("payment-service", "prod")          # {"version": ..., "data": {...}}
+dotenv = client.export("payment-service", "prod", "dotenv")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class ClientError(Exception):
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class Client:
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        token: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        headers = {}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if api_key:
+            headers["X-API-Key"] = api_key
+        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ClientError(0, f"cannot reach {self._http.base_url}: {exc}") from None
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise ClientError(response.status_code, detail)
+        if response.status_code == 204 or not response.content:
+            return None
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.text
+
+    def login(self, email: str, password: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self._call(
+            "POST", "/auth/login", json={"email": email, "password": password}
+        )
+        return answer
+
+    def get(self, service: str, environment: str = "default", **params: Any) -> dict[str, Any]:
+        answer: dict[str, Any] = self._call(
+            "GET", f"/v1/configs/{service}/{environment}", params=params
+        )
+        return answer
+
+    def export(self, service: str, environment: str, fmt: str) -> str:
+        return str(
+            self._call("GET", f"/v1/configs/{service}/{environment}", params={"format": fmt})
+        )
+
+    def history(self, service: str, environment: str, *, limit: int = 50) -> dict[str, Any]:
+        answer: dict[str, Any] = self._call(
+            "GET", f"/v1/configs/{service}/{environment}/history", params={"limit": limit}
+        )
+        return answer
+
+    def diff(
+        self, service: str, environment: str, from_version: int, to_version: int | None
+    ) -> dict[str, Any]:
+        params: dict[str, int] = {"from": from_version}
+        if to_version is not None:
+            params["to"] = to_version
+        answer: dict[str, Any] = self._call(
+            "GET", f"/v1/configs/{service}/{environment}/diff", params=params
+        )
+        return answer
+
+    def rollback(
+        self, service: str, environment: str, to_version: int, reason: str | None
+    ) -> dict[str, Any]:
+        answer: dict[str, Any] = self._call(
+            "POST",
+            f"/v1/configs/{service}/{environment}/rollback",
+            json={"to_version": to_version, "reason": reason},
+        )
+        return answer
+
+    def compare(self, service: str, from_env: str, to_env: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self._call(
+            "GET",
+            f"/v1/services/{service}/compare",
+            params={"from_env": from_env, "to_env": to_env},
+        )
+        return answer
+
+
+# --- the command line's saved login -----------------------------------------------------------
+
+
+def credentials_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "configsync" / "credentials.json"
+
+
+def save_login(url: str, email: str, token: str) -> Path:
+    path = credentials_file()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Created 0600 from the start: the token is never readable by others, not even briefly.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"url": url, "email": email, "access_token": token}, handle)
+    os.chmod(path, 0o600)
+    return path
+
+
+def saved_login() -> dict[str, str] | None:
+    try:
+        saved: dict[str, str] = json.loads(credentials_file().read_text())
+        return saved
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def server_url() -> str:
+    saved = saved_login() or {}
+    return os.environ.get("CONFIGSYNC_URL") or saved.get("url") or DEFAULT_URL

@@ -1,0 +1,90 @@
+"""The command line for people: login keeps a private token; history, diff, rollback, compare."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import PASSWORD, clean_env, cli, free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def server(tmp_path: Path, pg_url: str, pg: Any) -> Iterator[str]:
+    port = free_port()
+    env = clean_env(
+        DATABASE_URL=pg_url, SECRET_KEY="k" * 48, CONFIGSYNC_AUDIT_LOG=str(tmp_path / "a.log")
+    )
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("configsync")), "serve", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url + "/health/live", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    yield url
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=20)
+
+
+def test_people_commands_against_a_server(server: str, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = clean_env(CONFIGSYNC_URL=server, XDG_CONFIG_HOME=str(home))
+    not_yet = cli("history", "pay", env=env)
+    assert not_yet.returncode == 1 and "not logged in" in not_yet.stderr
+
+    httpx.post(server + "/auth/signup", json={"email": "ops@example.com", "password": PASSWORD})
+    wrong = cli("login", "ops@example.com", env=env, stdin="not-the-password\n")
+    assert wrong.returncode == 1 and "401" in wrong.stderr
+    login = cli("login", "ops@example.com", env=env, stdin=PASSWORD + "\n")
+    assert login.returncode == 0, login.stderr
+    saved = home / "configsync" / "credentials.json"
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    token = json.loads(saved.read_text())["access_token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    for doc in ({"A": 1, "B": 1}, {"A": 2, "B": 1, "C": 3}):
+        httpx.put(server + "/v1/configs/pay/prod", headers=auth, json={"data": doc, "reason": "r"})
+    httpx.put(server + "/v1/configs/pay/staging", headers=auth, json={"data": {"A": 9}})
+
+    history = cli("history", "pay", "-e", "prod", "--json", env=env)
+    assert [i["version"] for i in json.loads(history.stdout)["items"]] == [2, 1]
+    table = cli("history", "pay", "-e", "prod", env=env)
+    assert table.returncode == 0 and "ops@example.com" in table.stdout and "created" in table.stdout
+
+    diff = json.loads(cli("diff", "pay", "1", "2", "-e", "prod", "--json", env=env).stdout)
+    assert diff["stats"] == {"added": 1, "removed": 0, "changed": 1}
+    shown = cli("diff", "pay", "1", "-e", "prod", env=env).stdout
+    assert "~ A: 1 -> 2" in shown and "+ C: 3" in shown
+
+    compare = json.loads(cli("compare", "pay", "prod", "staging", "--json", env=env).stdout)
+    assert {c["path"][0] for c in compare["changes"]} == {"A", "B", "C"}
+
+    rolled = cli("rollback", "pay", "1", "--reason", "bad deploy", "-e", "prod", env=env)
+    assert rolled.returncode == 0 and "now version 3" in rolled.stdout
+    current = httpx.get(server + "/v1/configs/pay/prod", headers=auth).json()
+    assert current["version"] == 3 and current["data"] == {"A": 1, "B": 1}
+    again = cli("rollback", "pay", "1", "--reason", "again", "-e", "prod", env=env)
+    assert "nothing appended" in again.stdout
+    missing = cli("rollback", "pay", "99", "--reason", "x", "-e", "prod", env=env)
+    assert missing.returncode == 1 and "404" in missing.stderr

@@ -1,0 +1,72 @@
+"""docker-compose.yml and the Dockerfile, checked for structure (no Docker engine runs here)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import yaml
+
+from configsync.cli import _parser
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    parsed: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return parsed
+
+
+def _subcommands() -> set[str]:
+    parser = _parser()
+    actions = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+    return set(actions[0].choices)  # type: ignore[attr-defined]
+
+
+def test_compose_has_the_services_of_the_original_readme(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) == {"db", "redis", "migrate", "backend", "celery"}
+    assert "configsync_data" in compose["volumes"]
+    assert "configsync_data:/var/lib/postgresql/data" in compose["services"]["db"]["volumes"]
+    assert "8000:8000" in compose["services"]["backend"]["ports"]
+
+
+def test_services_start_in_order_with_health_checks(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert "healthcheck" in services["db"] and "healthcheck" in services["redis"]
+    assert services["migrate"]["depends_on"]["db"]["condition"] == "service_healthy"
+    for name in ("backend", "celery"):
+        depends = services[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully"
+        assert depends["redis"]["condition"] == "service_healthy"
+    assert "/health/ready" in " ".join(services["backend"]["healthcheck"]["test"])
+
+
+def test_commands_are_real_cli_entry_points(compose: dict[str, Any]) -> None:
+    known = _subcommands()
+    for name in ("migrate", "backend", "celery"):
+        command = compose["services"][name]["command"]
+        assert command[0] == "configsync" and command[1] in known, (name, command)
+        _parser().parse_args(command[1:])  # exits on an unknown option
+    assert "--reload" in compose["services"]["backend"]["command"]
+    assert "./configsync:/app/configsync" in compose["services"]["backend"]["volumes"]
+
+
+def test_no_default_secret_and_production_urls(compose: dict[str, Any]) -> None:
+    env = compose["services"]["backend"]["environment"]
+    assert env["SECRET_KEY"].startswith("${SECRET_KEY:?")
+    assert env["DATABASE_URL"].startswith("postgresql://") and "@db:5432/" in env["DATABASE_URL"]
+    assert env["REDIS_URL"] == "redis://redis:6379/0"
+    for name in ("migrate", "celery"):
+        assert compose["services"][name]["environment"] == env
+
+
+def test_dockerfile_is_one_slim_non_root_image() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
+    user = re.findall(r"^USER (\S+)$", text, re.M)
+    assert user and user[-1] not in ("root", "0")
+    cmd = re.search(r"^CMD \[(.*)\]$", text, re.M)
+    assert cmd is not None and '"configsync", "serve"' in cmd.group(1)
+    for copied in ("configsync", "projections", "alembic", "alembic.ini", "pyproject.toml"):
+        assert re.search(rf"^COPY .*\b{re.escape(copied)}\b", text, re.M), copied
