@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, String, Text, delete, insert, select
+from sqlalchemy import BigInteger, Integer, String, Table, Text, delete, insert, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from configsync.configs.documents import summarize
@@ -94,7 +94,9 @@ class AuditProjection:
         # and if that ever broke, the primary key would fail the batch loudly instead of
         # hiding it. Executed for many rows at once (SQLAlchemy batches them into multi-row
         # VALUES), not compiled anew per batch: that compile cost more than the database.
-        session.connection().execute(insert(AuditRow.__table__), [row_values(e) for e in events])
+        table = AuditRow.__table__
+        assert isinstance(table, Table)
+        session.connection().execute(insert(table), [row_values(e) for e in events])
 
     def clear(self, session: Session) -> None:
         session.execute(delete(AuditRow))
