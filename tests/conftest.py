@@ -160,6 +160,31 @@ def scalar(engine: Engine, sql: str, **params: Any) -> Any:
         return conn.scalar(text(sql), params)
 
 
+def eventually(check: Any, seconds: float = 20.0, every: float = 0.05) -> Any:
+    """Poll `check` until it returns something true or the time is up; return its last value."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
+
+
+def wait_for_http(url: str, seconds: float = 30.0) -> None:
+    import httpx
+
+    def answers() -> bool:
+        try:
+            httpx.get(url, timeout=1)
+            return True
+        except httpx.HTTPError:
+            return False
+
+    assert eventually(answers, seconds, every=0.2), f"{url} did not answer"
+
+
 def clean_env(**overrides: str) -> dict[str, str]:
     """The environment for a subprocess, without any ConfigSync setting of ours leaking in."""
     env = {

@@ -9,13 +9,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import ROOT, Api, clean_env, cli, free_port
+from tests.conftest import ROOT, Api, clean_env, cli, free_port, wait_for_http
 
 README = ROOT.parent / "shared" / "reference" / "original-README.md"
 README_COPY = ROOT / "tests" / "fixtures" / "original-README.md"
@@ -123,7 +121,7 @@ def test_readme_curl_examples_run_verbatim_against_the_embedded_server(tmp_path:
         start_new_session=True,
     )
     try:
-        _wait_for(f"http://127.0.0.1:{port}/")
+        wait_for_http(f"http://127.0.0.1:{port}/")
         answers = []
         token = "<JWT_TOKEN>"
         for command in readme_curls():
@@ -148,14 +146,3 @@ def test_readme_curl_examples_run_verbatim_against_the_embedded_server(tmp_path:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=20)
-
-
-def _wait_for(url: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import subprocess
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +16,7 @@ from sqlalchemy import Engine
 
 from configsync.configs.documents import documents_equal
 from configsync.configs.rendering import NotRenderable, dotenv_string, render_dotenv, render_yaml
-from tests.conftest import Api, make_api
+from tests.conftest import Api, eventually, make_api
 from tests.strategies import documents
 
 URL = "/v1/configs/pay/prod"
@@ -246,15 +245,6 @@ def second_process(pg_api: Api, pg: Engine) -> Iterator[Api]:
     yield from make_api(pg_api.url, pg)
 
 
-def _eventually(check: Any, seconds: float = 5.0) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.02)
-
-
 def test_a_write_in_one_process_reaches_the_cache_of_another(
     pg_api: Api, second_process: Api, owner: dict[str, str]
 ) -> None:
@@ -265,7 +255,7 @@ def test_a_write_in_one_process_reaches_the_cache_of_another(
     assert second_process.get(URL, headers=reader).json()["version"] == 1
 
     pg_api.put(URL, headers=owner, json={"data": {"A": 2}})
-    assert _eventually(lambda: second_process.get(URL, headers=reader).json()["version"] == 2)
+    assert eventually(lambda: second_process.get(URL, headers=reader).json()["version"] == 2)
     assert second_process.get(URL, headers=reader).json()["data"] == {"A": 2}
 
 
@@ -300,7 +290,7 @@ def test_a_revoked_key_stops_working_in_every_process(
     assert second_process.get(URL, headers=reader).status_code == 200  # key now cached there
     assert pg_api.delete(f"/v1/api-keys/{created.json()['id']}", headers=owner).status_code == 204
     assert pg_api.get(URL, headers=reader).status_code == 401  # the revoking process: at once
-    assert _eventually(lambda: second_process.get(URL, headers=reader).status_code == 401)
+    assert eventually(lambda: second_process.get(URL, headers=reader).status_code == 401)
 
 
 def test_a_cached_read_makes_no_database_round_trip(pg_api: Api, owner: dict[str, str]) -> None:

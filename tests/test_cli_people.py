@@ -8,7 +8,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import PASSWORD, clean_env, cli, free_port
+from tests.conftest import PASSWORD, clean_env, cli, free_port, wait_for_http
 
 pytestmark = pytest.mark.slow
 
@@ -36,13 +35,7 @@ def server(tmp_path: Path, pg_url: str, pg: Any) -> Iterator[str]:
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url + "/health/live", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.2)
+    wait_for_http(url + "/health/live")
     yield url
     os.killpg(process.pid, signal.SIGTERM)
     process.wait(timeout=20)

@@ -11,14 +11,22 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
 
-from tests.conftest import Api, clean_env, free_port, make_api, missing_service, redis_url_for_tests
+from tests.conftest import (
+    Api,
+    clean_env,
+    eventually,
+    free_port,
+    make_api,
+    missing_service,
+    redis_url_for_tests,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -85,15 +93,6 @@ def api(pg: Engine, pg_url: str, redis_url: str, audit_file: Path) -> Iterator[A
     yield from make_api(pg_url, pg, redis_url=redis_url, audit_log=str(audit_file))
 
 
-def wait_for(check: Callable[[], Any], seconds: float = 20.0) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
-
-
 def audit_rows(engine: Engine) -> list[Any]:
     with engine.connect() as conn:
         return conn.execute(text("SELECT * FROM audit_log ORDER BY position")).all()
@@ -129,7 +128,7 @@ def test_writes_are_audited_exactly_once_in_order_with_their_fields(
     worker.start()
     owner = api.person("owner@example.com")
     writes(api, 12, owner)
-    assert wait_for(lambda: exactly_once(api.engine, audit_file, 12))
+    assert eventually(lambda: exactly_once(api.engine, audit_file, 12))
     rows = audit_rows(api.engine)
     first = rows[0]
     assert (first.service, first.environment, first.version, first.action) == (
@@ -169,7 +168,7 @@ def test_broker_down_writes_still_succeed_and_are_audited_once_it_is_back(
         next(down)
 
     worker.start()  # the real broker: start-up catch-up applies what was missed
-    assert wait_for(lambda: exactly_once(pg, audit_file, 8))
+    assert eventually(lambda: exactly_once(pg, audit_file, 8))
 
 
 def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(
@@ -179,7 +178,7 @@ def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(
     writes(api, 20, owner)
     # Each batch of 5 sleeps 1.5 s before it commits: kill the worker inside the second one.
     worker.start(CONFIGSYNC_PROJECTION_BATCH_SIZE="5", CONFIGSYNC_DEBUG_BATCH_DELAY="1.5")
-    assert wait_for(lambda: len(audit_rows(api.engine)) >= 5, seconds=30)
+    assert eventually(lambda: len(audit_rows(api.engine)) >= 5, seconds=30)
     time.sleep(0.5)
     worker.kill(signal.SIGKILL)
     partial = audit_rows(api.engine)
@@ -188,7 +187,7 @@ def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(
 
     restarted = Worker(worker_env).start()  # a fresh worker, no delay
     try:
-        assert wait_for(lambda: exactly_once(api.engine, audit_file, 20), seconds=30)
+        assert eventually(lambda: exactly_once(api.engine, audit_file, 20), seconds=30)
     finally:
         restarted.kill(signal.SIGTERM)
 
@@ -201,7 +200,7 @@ def test_duplicate_and_repeated_task_messages_change_nothing(
     worker.start()
     owner = api.person("owner@example.com")
     writes(api, 6, owner)
-    assert wait_for(lambda: exactly_once(api.engine, audit_file, 6))
+    assert eventually(lambda: exactly_once(api.engine, audit_file, 6))
     before = [tuple(r) for r in audit_rows(api.engine)]
     celery_app.conf.broker_url = redis_url
     for _ in range(5):
@@ -219,7 +218,7 @@ def test_rebuild_gives_the_same_rows_and_status_shows_no_lag(
     worker.start()
     owner = api.person("owner@example.com")
     writes(api, 7, owner)
-    assert wait_for(lambda: exactly_once(api.engine, audit_file, 7))
+    assert eventually(lambda: exactly_once(api.engine, audit_file, 7))
     before = [tuple(r) for r in audit_rows(api.engine)]
     rebuilt = cli("projections", "rebuild", "audit", env=worker_env)
     assert rebuilt.returncode == 0 and "from 7 events" in rebuilt.stdout

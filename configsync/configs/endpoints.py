@@ -244,6 +244,31 @@ def _written(result: WriteResult) -> Response:
     return _json(body, status=status, headers={"ETag": f'"{result.version}"'})
 
 
+def _write_document(
+    operation: Any,
+    service: str,
+    environment: str,
+    body: ConfigWrite,
+    request: Request,
+    session: Session,
+    caller: Caller,
+) -> Response:
+    """PUT and PATCH: the same checks, a different operation on the document."""
+    expected = _expected(request, body.expected_version)
+    _authorize_write(session, caller, service, environment)
+    result = operation(
+        session,
+        service,
+        environment,
+        body.data,
+        write_context(request, caller),
+        reason=body.reason,
+        expected_version=expected,
+    )
+    commit(session)
+    return _written(result)
+
+
 @router.put(
     CONFIG_PATH,
     response_model=ConfigWritten,
@@ -258,19 +283,7 @@ def put_config(
     caller: CallerDep,
 ) -> Response:
     """Replace the whole document (201 when it creates the config)."""
-    expected = _expected(request, body.expected_version)
-    _authorize_write(session, caller, service, environment)
-    result = configs.replace(
-        session,
-        service,
-        environment,
-        body.data,
-        write_context(request, caller),
-        reason=body.reason,
-        expected_version=expected,
-    )
-    commit(session)
-    return _written(result)
+    return _write_document(configs.replace, service, environment, body, request, session, caller)
 
 
 @router.patch(
@@ -287,19 +300,7 @@ def patch_config(
     caller: CallerDep,
 ) -> Response:
     """Apply a JSON Merge Patch (RFC 7396) to the document: null removes a key."""
-    expected = _expected(request, body.expected_version)
-    _authorize_write(session, caller, service, environment)
-    result = configs.patch(
-        session,
-        service,
-        environment,
-        body.data,
-        write_context(request, caller),
-        reason=body.reason,
-        expected_version=expected,
-    )
-    commit(session)
-    return _written(result)
+    return _write_document(configs.patch, service, environment, body, request, session, caller)
 
 
 @router.delete(CONFIG_PATH, response_model=ConfigDeleted, responses={412: {}})
