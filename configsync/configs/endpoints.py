@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime
 from typing import Annotated, Any
@@ -91,8 +92,16 @@ async def read_config(
     as_of: Annotated[datetime | None, Query(description="ISO-8601 instant")] = None,
     format: Annotated[str, Query(pattern="^(json|dotenv|yaml)$")] = "json",
     consistent: bool = False,
+    wait: Annotated[
+        float | None,
+        Query(ge=0, description="with If-None-Match: seconds to wait for a newer version"),
+    ] = None,
 ) -> Response:
-    """The config: current, at a version, or as of an instant; JSON, dotenv or YAML."""
+    """The config: current, at a version, or as of an instant; JSON, dotenv or YAML.
+
+    With `If-None-Match` and `wait`, a long poll: answers as soon as the version moves past the
+    ETag, or 304 when the wait ends.
+    """
     state = request.app.state
     _check_names(service, environment)
     authenticator: Authenticator = state.authenticator
@@ -123,7 +132,31 @@ async def read_config(
         exists = True
     owner = entry.owner_id if entry else await run_in_threadpool(_owner, request, service)
     authorize_read(caller, service, environment, owner, exists)
+    if wait and seen is not None and entry is not None and entry.version <= seen:
+        entry = await _long_poll(request, reader, service, environment, seen, wait) or entry
     return _answer(entry, service, environment, seen, format)
+
+
+# How often a long poll reads the database again even if nothing woke it (a missed message;
+# SQLite, which has no change feed).
+LONG_POLL_RECHECK_SECONDS = 2.0
+
+
+async def _long_poll(
+    request: Request, reader: ConfigReader, service: str, environment: str, seen: int, wait: float
+) -> ConfigEntry | None:
+    """Wait until the config moves past `seen`, or `wait` seconds (capped by the settings)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(wait, request.app.state.settings.max_wait_seconds)
+    entry = None
+    while (remaining := deadline - loop.time()) > 0:
+        await reader.waiters.wait((service, environment), min(remaining, LONG_POLL_RECHECK_SECONDS))
+        if await request.is_disconnected():
+            return None
+        _, entry = await run_in_threadpool(reader.load, service, environment)
+        if entry is None or entry.version > seen:
+            return entry
+    return entry
 
 
 def _respond(answer: fastpath.Answer) -> Response:

@@ -16,6 +16,7 @@ from configsync.cache import InvalidatingCache
 from configsync.configs.documents import Document
 from configsync.configs.models import ServiceRow
 from configsync.configs.rendering import dumps, render
+from configsync.configs.waiters import Waiters
 from configsync.events import format_instant
 from projections import current
 
@@ -65,6 +66,7 @@ class ConfigReader:
     def __init__(self, session_factory: sessionmaker[Session]) -> None:
         self._sessions = session_factory
         self.cache: InvalidatingCache[Key, ConfigEntry] = InvalidatingCache()
+        self.waiters = Waiters()
 
     def cached(self, service: str, environment: str) -> ConfigEntry | None:
         return self.cache.get((service, environment))
@@ -99,3 +101,4 @@ class ConfigReader:
         stream, _, _ = rest.rpartition(":")
         service, _, environment = stream.partition("/")
         self.cache.invalidate((service, environment))
+        self.waiters.wake((service, environment))

@@ -1,0 +1,85 @@
+"""Long polls: GET with If-None-Match and ?wait= answers when the version moves, or 304."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from tests.conftest import Api, make_api
+
+URL = "/v1/configs/pay/prod"
+
+
+def _timed_get(api: Api, path: str, headers: dict[str, str]) -> tuple[Any, float]:
+    began = time.monotonic()
+    response = api.get(path, headers=headers)
+    return response, time.monotonic() - began
+
+
+def _write_later(api: Api, headers: dict[str, str], doc: dict[str, Any], delay: float) -> threading.Thread:
+    def write() -> None:
+        time.sleep(delay)
+        assert api.put(URL, headers=headers, json={"data": doc}).status_code == 200
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def other_process(pg_api: Api, pg: Engine) -> Iterator[Api]:
+    yield from make_api(pg_api.url, pg)
+
+
+def test_a_long_poll_is_woken_by_a_write_in_another_process(pg_api: Api, other_process: Api) -> None:
+    owner = pg_api.person("owner@example.com")
+    pg_api.put(URL, headers=owner, json={"data": {"A": 1}})
+    key = {"X-API-Key": pg_api.key(owner, "pay")}
+    writer = _write_later(other_process, owner, {"A": 2}, delay=0.5)
+    response, took = _timed_get(pg_api, URL + "?wait=20", {**key, "If-None-Match": '"1"'})
+    writer.join()
+    assert response.status_code == 200 and response.json()["version"] == 2
+    assert response.headers["etag"] == '"2"'
+    assert 0.4 < took < 1.9  # woken by the change feed, not by the periodic re-read
+
+
+def test_a_long_poll_that_sees_no_change_ends_with_304(pg_api: Api) -> None:
+    owner = pg_api.person("owner@example.com")
+    pg_api.put(URL, headers=owner, json={"data": {"A": 1}})
+    response, took = _timed_get(pg_api, URL + "?wait=1", {**owner, "If-None-Match": '"1"'})
+    assert response.status_code == 304 and response.headers["etag"] == '"1"'
+    assert 0.9 < took < 3
+
+
+def test_wait_without_an_etag_or_behind_the_current_version_answers_at_once(pg_api: Api) -> None:
+    owner = pg_api.person("owner@example.com")
+    pg_api.put(URL, headers=owner, json={"data": {"A": 1}})
+    pg_api.put(URL, headers=owner, json={"data": {"A": 2}})
+    plain, took = _timed_get(pg_api, URL + "?wait=10", owner)
+    assert plain.status_code == 200 and took < 1
+    behind, took = _timed_get(pg_api, URL + "?wait=10", {**owner, "If-None-Match": '"1"'})
+    assert behind.status_code == 200 and behind.json()["version"] == 2 and took < 1
+    assert pg_api.get(URL + "?wait=-1", headers=owner).status_code == 422
+
+
+def test_the_wait_is_capped_by_the_setting(pg: Engine, pg_url: str) -> None:
+    api = next(make_api(pg_url, pg, max_wait_seconds=0.5))
+    owner = api.person("owner@example.com")
+    api.put(URL, headers=owner, json={"data": {"A": 1}})
+    response, took = _timed_get(api, URL + "?wait=60", {**owner, "If-None-Match": '"1"'})
+    assert response.status_code == 304 and took < 2
+
+
+def test_a_long_poll_on_the_embedded_database_sees_a_write(sqlite_api: Api) -> None:
+    owner = sqlite_api.person("owner@example.com")
+    sqlite_api.put(URL, headers=owner, json={"data": {"A": 1}})
+    writer = _write_later(sqlite_api, owner, {"A": 2}, delay=0.3)
+    response, took = _timed_get(sqlite_api, URL + "?wait=10", {**owner, "If-None-Match": '"1"'})
+    writer.join()
+    assert response.status_code == 200 and response.json()["version"] == 2
+    assert took < 3
