@@ -152,5 +152,7 @@ class Dispatcher:
             log.warning("could not send the projection task (the worker will catch up): %s", exc)
 
     def close(self) -> None:
+        # A send still trying a dead broker (redis-py retries for about 6 s) is not waited for:
+        # dropping it loses nothing, the worker's periodic catch-up applies the events anyway.
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=False)
+            self._executor.shutdown(wait=False, cancel_futures=True)

@@ -21,7 +21,9 @@ def _timed_get(api: Api, path: str, headers: dict[str, str]) -> tuple[Any, float
     return response, time.monotonic() - began
 
 
-def _write_later(api: Api, headers: dict[str, str], doc: dict[str, Any], delay: float) -> threading.Thread:
+def _write_later(
+    api: Api, headers: dict[str, str], doc: dict[str, Any], delay: float
+) -> threading.Thread:
     def write() -> None:
         time.sleep(delay)
         assert api.put(URL, headers=headers, json={"data": doc}).status_code == 200
@@ -36,7 +38,9 @@ def other_process(pg_api: Api, pg: Engine) -> Iterator[Api]:
     yield from make_api(pg_api.url, pg)
 
 
-def test_a_long_poll_is_woken_by_a_write_in_another_process(pg_api: Api, other_process: Api) -> None:
+def test_a_long_poll_is_woken_by_a_write_in_another_process(
+    pg_api: Api, other_process: Api
+) -> None:
     owner = pg_api.person("owner@example.com")
     pg_api.put(URL, headers=owner, json={"data": {"A": 1}})
     key = {"X-API-Key": pg_api.key(owner, "pay")}

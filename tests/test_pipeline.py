@@ -231,3 +231,21 @@ def test_rebuild_gives_the_same_rows_and_status_shows_no_lag(
     over_http = api.get("/v1/projections", headers=admin).json()
     assert {p["name"]: p["lag"] for p in over_http["projections"]} == {"current": 0, "audit": 0}
     assert api.get("/v1/projections", headers=owner).status_code == 403
+
+
+def test_a_running_worker_catches_up_events_whose_task_was_lost(
+    pg: Engine, pg_url: str, worker: Worker, audit_file: Path
+) -> None:
+    worker.start()
+    time.sleep(2)  # the worker is up and has done its start-up catch-up (of nothing)
+    # These writes go through an API whose broker is dead: their tasks are lost. Only the
+    # worker's periodic catch-up (every second here) can apply them.
+    lost = make_api(
+        pg_url, pg, redis_url=f"redis://127.0.0.1:{free_port()}/0", audit_log=str(audit_file)
+    )
+    api = next(lost)
+    owner = api.person("owner@example.com")
+    writes(api, 4, owner)
+    assert eventually(lambda: exactly_once(pg, audit_file, 4), seconds=15)
+    with pytest.raises(StopIteration):
+        next(lost)
