@@ -27,7 +27,7 @@ from configsync.configs import service as configs
 from configsync.configs.documents import DEFAULT_ENVIRONMENT, validate_name
 from configsync.configs.models import ServiceRow
 from configsync.configs.reader import ConfigEntry, ConfigReader, response_body
-from configsync.configs.rendering import FORMATS, MEDIA_TYPES, dumps, render
+from configsync.configs.rendering import MEDIA_TYPES, dumps, render
 from configsync.configs.schemas import (
     ConfigDelete,
     ConfigDeleted,
@@ -573,5 +573,3 @@ def _legacy_write(request: Request, body: LegacyUpdate) -> Response:
         }
     )
 
-
-__all__ = ["FORMATS", "legacy", "router"]
