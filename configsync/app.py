@@ -25,7 +25,7 @@ from configsync.configs.endpoints import legacy as legacy_router
 from configsync.configs.endpoints import router as configs_router
 from configsync.configs.fastpath import CachedReads
 from configsync.configs.reader import ConfigReader
-from configsync.configs.rendering import dumps
+from configsync.configs.rendering import dumps, json_response
 from configsync.configs.service import EVENT_LISTENERS
 from configsync.db import make_engine, make_session_factory
 from configsync.errors import ConfigSyncError
@@ -220,9 +220,7 @@ def _install_error_handlers(app: FastAPI, max_depth: int) -> None:
     def problem(status: int, detail: Any, request: Request, **extra: Any) -> Response:
         body = {"detail": detail, **extra}
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return Response(
-            dumps(body), status_code=status, media_type="application/json", headers=headers
-        )
+        return json_response(body, status=status, headers=headers)
 
     @app.exception_handler(ConfigSyncError)
     async def domain_error(request: Request, exc: ConfigSyncError) -> Response:

@@ -320,23 +320,18 @@ def _projections_rebuild(args: argparse.Namespace) -> int:
 
 
 def _projections_status(args: argparse.Namespace) -> int:
-    from configsync.events import last_position
-    from projections import current
-    from projections.audit import NAME as AUDIT
-    from projections.base import status
+    from projections import status_all
 
     session = _session_factory()()
     try:
-        last = last_position(session)
-        rows = [("current", current.position(session))]
-        rows += [(s.name, s.position) for s in status(session, [AUDIT])]
+        rows = status_all(session)
     finally:
         session.close()
-    table = [{"name": n, "position": p, "lag": last - p} for n, p in rows]
+    table = [{"name": r.name, "position": r.position, "lag": r.lag} for r in rows]
     if args.json:
-        _print_json({"last_position": last, "projections": table})
+        _print_json({"last_position": rows[0].last_position, "projections": table})
     else:
-        print(f"last event position: {last}")
+        print(f"last event position: {rows[0].last_position}")
         for row in table:
             print(f"  {row['name']:10s} position {row['position']:>10}   lag {row['lag']}")
     return 0

@@ -15,7 +15,7 @@ from sqlalchemy import BigInteger, String, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from configsync.db import Base, UTCDateTime, upsert, utcnow
-from configsync.events import StoredEvent, last_position, read_after
+from configsync.events import StoredEvent, read_after
 
 
 class CheckpointRow(Base):
@@ -156,7 +156,3 @@ class Status:
     def lag(self) -> int:
         return self.last_position - self.position
 
-
-def status(session: Session, names: Sequence[str]) -> list[Status]:
-    last = last_position(session)
-    return [Status(name, checkpoint(session, name), last) for name in names]

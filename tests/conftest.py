@@ -6,6 +6,7 @@ with the reason; with it (CI), such a test fails.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -183,6 +184,31 @@ def wait_for_http(url: str, seconds: float = 30.0) -> None:
             return False
 
     assert eventually(answers, seconds, every=0.2), f"{url} did not answer"
+
+
+@contextlib.contextmanager
+def running_server(cwd: Path, env: dict[str, str]) -> Iterator[str]:
+    """`configsync serve` as a real process on a free port; yields its base URL."""
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("configsync")), "serve", "--port", str(port)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(url + "/health/live")
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
 
 
 def clean_env(**overrides: str) -> dict[str, str]:

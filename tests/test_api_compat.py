@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Api, clean_env, cli, free_port, wait_for_http
+from tests.conftest import ROOT, Api, clean_env, cli, running_server
 
 README = ROOT.parent / "shared" / "reference" / "original-README.md"
 README_COPY = ROOT / "tests" / "fixtures" / "original-README.md"
@@ -109,23 +106,13 @@ def test_readme_curl_examples_run_verbatim_against_the_embedded_server(tmp_path:
     """Every curl of the original README, exactly as written (host and token filled in)."""
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
-    port = free_port()
     env = clean_env()
     assert cli("migrate", env=env, cwd=tmp_path).returncode == 0
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("configsync")), "serve", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/")
+    with running_server(tmp_path, env) as url:
         answers = []
         token = "<JWT_TOKEN>"
         for command in readme_curls():
-            command = command.replace("localhost:8000", f"localhost:{port}")
+            command = command.replace("http://localhost:8000", url)
             command = command.replace("<JWT_TOKEN>", token)
             result = subprocess.run(
                 ["bash", "-c", command], capture_output=True, text=True, timeout=30
@@ -143,6 +130,3 @@ def test_readme_curl_examples_run_verbatim_against_the_embedded_server(tmp_path:
             "version": 1,
             "config": {"API_URL": "https://api.example.com", "TIMEOUT": 30},
         }
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=20)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -313,3 +314,21 @@ def test_a_cached_read_makes_no_database_round_trip(pg_api: Api, owner: dict[str
         assert statements, "consistent=true must read the database"
     finally:
         event.remove(engine, "before_cursor_execute", listener)
+
+
+def test_request_ids_are_echoed_and_kept_with_the_event(pg_api: Api, owner: dict[str, str]) -> None:
+    sent = pg_api.put(
+        URL, headers={**owner, "X-Request-ID": "deploy-42.a"}, json={"data": {"A": 1}}
+    )
+    assert sent.headers["x-request-id"] == "deploy-42.a"
+    made = pg_api.get(URL, headers={**owner, "X-Request-ID": "bad id with spaces"})
+    assert (
+        made.headers["x-request-id"] != "bad id with spaces"
+        and len(made.headers["x-request-id"]) == 32
+    )
+    with pg_api.engine.connect() as conn:
+        from sqlalchemy import text
+
+        metadata = json.loads(conn.scalar(text("SELECT metadata FROM events")))
+    assert metadata["request_id"] == "deploy-42.a"
+    assert metadata["client"].startswith("python-httpx") or metadata["client"] == "testclient"

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import stat
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,30 +11,18 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import PASSWORD, clean_env, cli, free_port, wait_for_http
+from tests.conftest import PASSWORD, clean_env, cli, running_server
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def server(tmp_path: Path, pg_url: str, pg: Any) -> Iterator[str]:
-    port = free_port()
     env = clean_env(
         DATABASE_URL=pg_url, SECRET_KEY="k" * 48, CONFIGSYNC_AUDIT_LOG=str(tmp_path / "a.log")
     )
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("configsync")), "serve", "--port", str(port)],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_for_http(url + "/health/live")
-    yield url
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=20)
+    with running_server(tmp_path, env) as url:
+        yield url
 
 
 def test_people_commands_against_a_server(server: str, tmp_path: Path) -> None:

@@ -14,14 +14,12 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import Select, select
 
 from configsync.auth.permissions import ADMIN, AUDITOR, Caller
-from configsync.configs.rendering import dumps
+from configsync.configs.rendering import dumps, json_response
 from configsync.deps import CallerDep, SessionDep
 from configsync.errors import Forbidden, InvalidInput
 from configsync.events import format_instant, read_after, verify_chain
-from projections import current
-from projections.audit import NAME as AUDIT
+from projections import status_all
 from projections.audit import AuditRow, as_item
-from projections.base import status
 
 router = APIRouter(tags=["audit"])
 
@@ -104,10 +102,7 @@ def audit_log(
         query = query.where(AuditRow.position > cursor)
     rows = list(session.scalars(query.limit(limit)))
     next_cursor = rows[-1].position if len(rows) == limit else None
-    return Response(
-        dumps({"items": [as_item(r) for r in rows], "next_cursor": next_cursor}),
-        media_type="application/json",
-    )
+    return json_response({"items": [as_item(r) for r in rows], "next_cursor": next_cursor})
 
 
 def _export(request: Request, query: Select[Any], fmt: str) -> StreamingResponse:
@@ -163,15 +158,12 @@ def audit_verify(session: SessionDep, caller: CallerDep) -> Response:
     """Walk the hash chain of every event: ok, how many were checked, the first bad position."""
     _require(caller, ADMIN, AUDITOR)
     report = verify_chain(session)
-    return Response(
-        dumps(
-            {
-                "ok": report.ok,
-                "checked": report.checked,
-                "first_bad_position": report.first_bad_position,
-            }
-        ),
-        media_type="application/json",
+    return json_response(
+        {
+            "ok": report.ok,
+            "checked": report.checked,
+            "first_bad_position": report.first_bad_position,
+        }
     )
 
 
@@ -201,25 +193,14 @@ def events_feed(
         for e in events
     ]
     next_after = events[-1].position if events else after
-    return Response(
-        dumps({"items": items, "next_after": next_after}), media_type="application/json"
-    )
+    return json_response({"items": items, "next_after": next_after})
 
 
 @router.get("/v1/projections")
 def projections_status(session: SessionDep, caller: CallerDep) -> Response:
     """Each projection's position and how many events it is behind."""
     _require(caller, ADMIN)
-    rows = status(session, [AUDIT])
-    last = rows[0].last_position if rows else 0
-    items = [
-        {
-            "name": current.NAME,
-            "position": current.position(session),
-            "lag": last - current.position(session),
-        }
-    ]
-    items += [{"name": r.name, "position": r.position, "lag": r.lag} for r in rows]
-    return Response(
-        dumps({"last_position": last, "projections": items}), media_type="application/json"
-    )
+    rows = status_all(session)
+    last = rows[0].last_position
+    items = [{"name": r.name, "position": r.position, "lag": r.lag} for r in rows]
+    return json_response({"last_position": last, "projections": items})

@@ -23,17 +23,13 @@ from configsync.auth.schemas import (
     UserOut,
     UserUpdate,
 )
-from configsync.configs.rendering import dumps
+from configsync.configs.rendering import json_response
 from configsync.db import commit
 from configsync.deps import CallerDep, SessionDep
 from configsync.errors import Forbidden, InvalidInput
 from configsync.events import format_instant
 
 router = APIRouter(tags=["people and keys"])
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(dumps(body), status_code=status, media_type="application/json")
 
 
 def _user(user: UserRow) -> dict[str, Any]:
@@ -70,7 +66,7 @@ def signup(body: Signup, session: SessionDep) -> Response:
     """Create an account (role `user`)."""
     user = service.signup(session, body.email, body.password)
     commit(session)
-    return _json({"id": user.id, "email": user.email, "role": user.role}, status=201)
+    return json_response({"id": user.id, "email": user.email, "role": user.role}, status=201)
 
 
 @router.post(
@@ -119,7 +115,7 @@ def _login(request: Request, email: str, password: str) -> Response:
     token, lifetime = tokens.issue(
         user.id, user.role, key=settings.signing_key(), minutes=settings.access_token_minutes
     )
-    return _json({"access_token": token, "token_type": "bearer", "expires_in": lifetime})
+    return json_response({"access_token": token, "token_type": "bearer", "expires_in": lifetime})
 
 
 @router.get("/v1/me")
@@ -128,8 +124,8 @@ def me(session: SessionDep, caller: CallerDep) -> Response:
     if caller.is_person:
         user = session.get(UserRow, caller.id)
         assert user is not None
-        return _json({"kind": "user", **_user(user)})
-    return _json(
+        return json_response({"kind": "user", **_user(user)})
+    return json_response(
         {
             "kind": caller.kind,
             "id": caller.id,
@@ -145,7 +141,7 @@ def me(session: SessionDep, caller: CallerDep) -> Response:
 def list_users(session: SessionDep, caller: CallerDep) -> Response:
     """Every account (admins only)."""
     _require_admin(caller)
-    return _json([_user(u) for u in service.list_users(session)])
+    return json_response([_user(u) for u in service.list_users(session)])
 
 
 @router.patch("/v1/users/{user_id}", response_model=UserOut)
@@ -154,7 +150,7 @@ def update_user(user_id: str, body: UserUpdate, session: SessionDep, caller: Cal
     _require_admin(caller)
     user = service.update_user(session, caller, user_id, role=body.role, is_active=body.is_active)
     commit(session)
-    return _json(_user(user))
+    return json_response(_user(user))
 
 
 @router.post("/v1/api-keys", status_code=201, response_model=ApiKeyCreated)
@@ -172,13 +168,13 @@ def create_api_key(body: ApiKeyCreate, session: SessionDep, caller: CallerDep) -
     commit(session)
     out = _key(row)
     out.pop("revoked")
-    return _json({**out, "key": key}, status=201)
+    return json_response({**out, "key": key}, status=201)
 
 
 @router.get("/v1/api-keys", response_model=list[ApiKeyOut])
 def list_api_keys(session: SessionDep, caller: CallerDep) -> Response:
     """Keys of the services the caller owns (all keys for admins); never the key itself."""
-    return _json([_key(row) for row in service.list_api_keys(session, caller)])
+    return json_response([_key(row) for row in service.list_api_keys(session, caller)])
 
 
 @router.delete("/v1/api-keys/{key_id}", status_code=204)

@@ -27,7 +27,7 @@ from configsync.configs import service as configs
 from configsync.configs.documents import DEFAULT_ENVIRONMENT, validate_name
 from configsync.configs.models import ServiceRow
 from configsync.configs.reader import ConfigEntry, ConfigReader, response_body
-from configsync.configs.rendering import MEDIA_TYPES, dumps, render
+from configsync.configs.rendering import MEDIA_TYPES, json_response, render
 from configsync.configs.schemas import (
     ConfigDelete,
     ConfigDeleted,
@@ -61,10 +61,6 @@ def parse_etag(value: str | None, header: str) -> int | None:
         return fastpath.parse_etag(value)
     except ValueError:
         raise InvalidInput(f'{header} must be a config version in quotes, such as "3"') from None
-
-
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
 def _not_found(service: str, environment: str) -> NotFound:
@@ -225,7 +221,7 @@ def _read_past(
         "updated_at": format_instant(past.recorded_at),
         "updated_by": past.actor,
     }
-    return _json(body, headers=headers)
+    return json_response(body, headers=headers)
 
 
 @router.get("/v1/configs", response_model=ConfigList)
@@ -252,7 +248,7 @@ def list_configs(session: SessionDep, caller: CallerDep) -> Response:
         }
         for row, _owner_id in session.execute(query)
     ]
-    return _json({"items": items})
+    return json_response({"items": items})
 
 
 # --- writes ----------------------------------------------------------------------------------
@@ -274,7 +270,7 @@ def _authorize_write(session: Session, caller: Caller, service: str, environment
 def _written(result: WriteResult) -> Response:
     body = response_body(result, {"changed": result.changed})
     status = 201 if result.created else 200
-    return _json(body, status=status, headers={"ETag": f'"{result.version}"'})
+    return json_response(body, status=status, headers={"ETag": f'"{result.version}"'})
 
 
 def _write_document(
@@ -358,7 +354,7 @@ def delete_config(
         expected_version=expected,
     )
     commit(session)
-    return _json(
+    return json_response(
         {
             "service": service,
             "environment": environment,
@@ -394,7 +390,7 @@ def config_history(
     )
     for item in page.items:
         item["recorded_at"] = format_instant(item["recorded_at"])
-    return _json({"items": page.items, "next_before_version": page.next_before_version})
+    return json_response({"items": page.items, "next_before_version": page.next_before_version})
 
 
 @router.get(CONFIG_PATH + "/diff", response_model=DiffOut)
@@ -408,7 +404,7 @@ def config_diff(
 ) -> Response:
     """What changed between two versions (`to` defaults to the current one)."""
     _history_reader(session, caller, service, environment)
-    return _json(configs.diff(session, service, environment, from_version, to_version))
+    return json_response(configs.diff(session, service, environment, from_version, to_version))
 
 
 @router.get("/v1/services/{service}/compare", response_model=DiffOut, tags=["configs"])
@@ -424,7 +420,15 @@ def compare_environments(
         _check_names(service, environment)
         exists, owner = service_owner(session, service)
         authorize_read(caller, service, environment, owner, exists)
-    return _json(configs.compare(session, service, from_env, to_env))
+    return json_response(configs.compare(session, service, from_env, to_env))
+
+
+def _authorize_manage(
+    session: Session, caller: Caller, service: str, environment: str, what: str
+) -> None:
+    _check_names(service, environment)
+    exists, owner = service_owner(session, service)
+    authorize_owner_or_admin(caller, service, owner, exists, what)
 
 
 @router.post(CONFIG_PATH + "/rollback", response_model=ConfigWritten, responses={412: {}})
@@ -437,9 +441,7 @@ def rollback_config(
     caller: CallerDep,
 ) -> Response:
     """Make an earlier version's document current again, as a new version (owner or admin)."""
-    _check_names(service, environment)
-    exists, owner = service_owner(session, service)
-    authorize_owner_or_admin(caller, service, owner, exists, "roll back")
+    _authorize_manage(session, caller, service, environment, "roll back")
     result = configs.rollback(
         session,
         service,
@@ -453,7 +455,7 @@ def rollback_config(
     extra: dict[str, Any] = {"changed": result.changed, "rollback_of": body.to_version}
     if not result.changed:
         extra["message"] = f"already at the document of version {body.to_version}: nothing appended"
-    return _json(response_body(result, extra), headers={"ETag": f'"{result.version}"'})
+    return json_response(response_body(result, extra), headers={"ETag": f'"{result.version}"'})
 
 
 @router.post(CONFIG_PATH + "/promote", response_model=ConfigWritten, responses={412: {}})
@@ -466,9 +468,7 @@ def promote_config(
     caller: CallerDep,
 ) -> Response:
     """Copy this environment's document (or some keys of it) into another (owner or admin)."""
-    _check_names(service, environment)
-    exists, owner = service_owner(session, service)
-    authorize_owner_or_admin(caller, service, owner, exists, "promote")
+    _authorize_manage(session, caller, service, environment, "promote")
     result = configs.promote(
         session,
         service,
@@ -498,7 +498,7 @@ def legacy_get(
     exists, owner = service_owner(session, service)
     authorize_read(caller, service, environment, owner, exists)
     state = configs.get(session, service, environment)
-    return _json(
+    return json_response(
         {
             "service": service,
             "environment": environment,
@@ -563,7 +563,7 @@ def _legacy_write(request: Request, body: LegacyUpdate) -> Response:
         if result.changed
         else f"config {what} unchanged at version {result.version}"
     )
-    return _json(
+    return json_response(
         {
             "status": "success",
             "message": message,
@@ -572,4 +572,3 @@ def _legacy_write(request: Request, body: LegacyUpdate) -> Response:
             "version": result.version,
         }
     )
-

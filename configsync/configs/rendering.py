@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 import yaml
+from starlette.responses import Response
 
 from configsync.configs.documents import Document, documents_equal
 from configsync.errors import InvalidInput
@@ -47,6 +48,11 @@ def dumps(value: Any) -> bytes:
         return orjson.dumps(value)
     except TypeError:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON answer serialized by `dumps`, not by FastAPI's default encoder."""
+    return Response(dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
 def render(document: Document, fmt: str) -> bytes:

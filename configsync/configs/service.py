@@ -170,7 +170,9 @@ def _write(
     exists = state is not None and not state.deleted
     if expected_version is not None and expected_version != version:
         raise VersionConflict(stream, expected_version, version)
-    old: Document = copy_document(state.document) if exists and state else {}
+    # current.read parsed the document just now: it is ours. The builders of the new document
+    # (replace, merge patch, rollback, promote) never modify `old`, so neither needs a copy.
+    old: Document = state.document if exists and state else {}
 
     if deleting:
         if not exists:
@@ -178,7 +180,7 @@ def _write(
         new: Document = {}
     else:
         assert new_document is not None
-        new = new_document(copy_document(old))
+        new = new_document(old)
         if exists and state and documents_equal(old, new):
             return _unchanged(state)
 
