@@ -155,4 +155,3 @@ class Status:
     @property
     def lag(self) -> int:
         return self.last_position - self.position
-
