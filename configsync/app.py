@@ -26,9 +26,10 @@ from configsync.configs.endpoints import router as configs_router
 from configsync.configs.fastpath import CachedReads
 from configsync.configs.reader import ConfigReader
 from configsync.configs.rendering import dumps, json_response
-from configsync.configs.service import EVENT_LISTENERS
+from configsync.configs.service import EVENT_LISTENERS, GROUP_COMMIT, record
 from configsync.db import make_engine, make_session_factory
 from configsync.errors import ConfigSyncError
+from configsync.events.group import GroupCommit
 from configsync.feed import LOCAL_LISTENER, ChangeFeed
 from configsync.settings import Settings, get_settings
 from configsync.tasks import Dispatcher
@@ -128,7 +129,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         authenticator.keys.switch(enabled)
 
     dispatcher = Dispatcher(settings, session_factory)
-    session_factory.configure(info={LOCAL_LISTENER: changed, EVENT_LISTENERS: [dispatcher]})
+    info: dict[str, Any] = {LOCAL_LISTENER: changed, EVENT_LISTENERS: [dispatcher]}
+    # Group commit on PostgreSQL (configsync.events.group). Not on SQLite: there a request's
+    # transaction holds the database's one write lock, which the group's transaction would need.
+    group = None
+    if engine.dialect.name == "postgresql" and settings.group_commit:
+        group = GroupCommit.for_database(settings.database_url, record)
+        info[GROUP_COMMIT] = group
+    session_factory.configure(info=info)
     feed = (
         ChangeFeed(
             settings.database_url,
@@ -151,6 +159,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 feed.stop()
             dispatcher.close()
             engine.dispose()
+            if group is not None:
+                group.close()
 
     app = FastAPI(
         title=settings.project_name,

@@ -159,14 +159,27 @@ def upsert(
     where: Any = None,
 ) -> None:
     """INSERT … ON CONFLICT (key) DO UPDATE SET update…; both dialects speak it."""
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    dialect = session.get_bind().dialect.name
-    insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(table).values(values)
+    statement = _insert(session, table)
     statement = statement.on_conflict_do_update(
         index_elements=key,
         set_={name: statement.excluded[name] for name in update},
         where=where,
     )
-    session.execute(statement)
+    # Rows as parameters, not as VALUES: the statement compiles once and is cached, however
+    # many rows there are (SQLAlchemy still sends them as one multi-row INSERT).
+    session.execute(statement, values)
+
+
+def insert_missing(
+    session: Session, table: Any, values: list[dict[str, Any]], *, key: list[str]
+) -> None:
+    """INSERT … ON CONFLICT (key) DO NOTHING: rows that already exist are left as they are."""
+    if values:
+        session.execute(_insert(session, table).on_conflict_do_nothing(index_elements=key), values)
+
+
+def _insert(session: Session, table: Any) -> Any:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)

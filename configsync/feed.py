@@ -31,10 +31,24 @@ LOCAL_LISTENER = "configsync.local_changes"
 
 def announce(session: Session, payload: str) -> None:
     """Tell every process, once this transaction commits, that `payload` changed."""
-    if session.get_bind().dialect.name == "postgresql":
+    notify(session, [payload])
+    announce_locally(session, payload)
+
+
+def notify(session: Session, payloads: list[str]) -> None:
+    """The other processes' part of `announce`: messages that go out when `session` commits."""
+    if payloads and session.get_bind().dialect.name == "postgresql":
         session.execute(
-            text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload}
+            text(
+                "SELECT pg_notify(:channel, payload)"
+                " FROM unnest(CAST(:payloads AS text[])) AS payload"
+            ),
+            {"channel": CHANNEL, "payloads": payloads},
         )
+
+
+def announce_locally(session: Session, payload: str) -> None:
+    """This process's part of `announce`, after `session` commits."""
     local = session.info.get(LOCAL_LISTENER)
     if local is not None:
         after_commit(session, lambda: local(payload))

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     audit_log: str = "logs/config_audit.log"
     catch_up_interval_seconds: float = Field(5.0, gt=0)
     projection_batch_size: int = Field(1000, ge=1, le=100_000)
+    # PostgreSQL only: concurrent writes of one API process share transactions and commits
+    # (configsync.events.group). Off: each write commits alone.
+    group_commit: bool = True
     # Tests only: seconds to sleep inside each projection batch, before it commits, so a test
     # can kill a worker in the middle of one.
     debug_batch_delay: float = Field(0.0, ge=0)

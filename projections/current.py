@@ -7,7 +7,7 @@ Inline means in the append's own transaction, so a write is visible to the very 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -86,26 +86,28 @@ def position(session: Session) -> int:
     return int(session.scalar(select(func.max(ConfigCurrentRow.position))) or 0)
 
 
-def apply(
-    session: Session, event: StoredEvent, document_before: Document | None = None
-) -> Document:
-    """Apply one event; `document_before` saves a read when the caller already holds it."""
-    service, environment = split_stream(event.stream)
-    if document_before is None:
-        existing = read(session, service, environment)
-        document_before = existing.document if existing else {}
-    document = apply_changes(copy_document(document_before), event.data["changes"])
-    _write(session, [_row_values(event, document)])
-    return document
+def next_document(document_before: Document, changes: list[Any]) -> Document:
+    """The document an event's changes make of the one before: what `rebuild` computes too."""
+    return apply_changes(copy_document(document_before), changes)
 
 
-def _row_values(event: StoredEvent, document: Document) -> dict[str, Any]:
+def apply_all(session: Session, appended: Sequence[tuple[StoredEvent, str]]) -> None:
+    """Write the rows of events just appended, each with its `next_document` as canonical JSON.
+
+    The documents are serialized by the caller, before the append: this runs under the append
+    lock, where every millisecond is one that no other writer can use.
+    """
+    if appended:
+        _write(session, [_row_values(event, document_json) for event, document_json in appended])
+
+
+def _row_values(event: StoredEvent, document_json: str) -> dict[str, Any]:
     service, environment = split_stream(event.stream)
     return {
         "service": service,
         "environment": environment,
         "version": event.version,
-        "data": canonical_json(document),
+        "data": document_json,
         "deleted": bool(event.data.get("deleted")),
         "updated_at": event.recorded_at,
         "updated_by": canonical_json(event.metadata.get("actor") or {}),
@@ -139,7 +141,7 @@ def rebuild(session: Session, *, batch_size: int = 5000) -> int:
         last[event.stream] = event
         replayed += 1
     session.execute(delete(ConfigCurrentRow))
-    rows = [_row_values(last[stream], documents[stream]) for stream in sorted(last)]
+    rows = [_row_values(last[stream], canonical_json(documents[stream])) for stream in sorted(last)]
     for start in range(0, len(rows), 1000):
         _write(session, rows[start : start + 1000])
     return replayed

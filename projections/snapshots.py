@@ -8,6 +8,7 @@ Nothing is ever compacted away: the events stay, and every version can be read.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Integer, String, Text, delete, select
@@ -36,13 +37,19 @@ class Snapshot:
     document: Document
 
 
-def apply(session: Session, event: StoredEvent, document: Document) -> None:
-    """Called with each appended event and the document it produced."""
-    if event.version % SNAPSHOT_EVERY == 0:
-        _write(
-            session,
-            [{"stream": event.stream, "version": event.version, "data": canonical_json(document)}],
-        )
+def due(version: int) -> bool:
+    return version % SNAPSHOT_EVERY == 0
+
+
+def apply_all(session: Session, appended: Sequence[tuple[StoredEvent, str]]) -> None:
+    """Called with the events just appended, each with its document as canonical JSON."""
+    rows: list[dict[str, object]] = [
+        {"stream": event.stream, "version": event.version, "data": document_json}
+        for event, document_json in appended
+        if due(event.version)
+    ]
+    if rows:
+        _write(session, rows)
 
 
 def _write(session: Session, rows: list[dict[str, object]]) -> None:
@@ -67,7 +74,7 @@ def rebuild(session: Session) -> int:
         documents[event.stream] = apply_changes(
             documents.get(event.stream, {}), event.data["changes"]
         )
-        if event.version % SNAPSHOT_EVERY == 0:
+        if due(event.version):
             rows.append(
                 {
                     "stream": event.stream,

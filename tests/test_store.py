@@ -10,10 +10,12 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from configsync.errors import InvalidDocument, VersionConflict
+from configsync.errors import InvalidDocument, InvalidInput, VersionConflict
 from configsync.events import (
     GENESIS_HASH,
+    NewEvent,
     append,
+    append_batch,
     read_after,
     read_stream,
     stream_version,
@@ -256,3 +258,51 @@ def test_recorded_at_never_goes_backwards(sessions: sessionmaker[Session]) -> No
     events = [_append(sessions, f"s{i}/prod", 0, A=i) for i in range(10)]
     stamps = [e.recorded_at for e in events]
     assert stamps == sorted(stamps)
+
+
+def test_a_batch_appends_in_order_and_a_stale_item_fails_alone(
+    sessions: sessionmaker[Session],
+) -> None:
+    _append(sessions, "pay/prod", 0, A=1)
+    batch = [
+        NewEvent("web/prod", 0, _data(B=1), ACTOR),
+        NewEvent("pay/prod", 0, _data(C=1), ACTOR),  # stale: pay/prod is at version 1
+        NewEvent("web/prod", 1, _data(D=1), ACTOR),  # expects the version made just above
+        NewEvent("pay/prod", 1, _data(E=1), ACTOR),
+    ]
+    with sessions() as s:
+        outcomes = append_batch(s, batch)
+        s.commit()
+
+    first, stale, second, third = outcomes
+    assert isinstance(stale, VersionConflict)
+    assert stale.extra == {"expected_version": 0, "current_version": 1}
+    assert [(e.stream, e.version, e.position) for e in (first, second, third)] == [
+        ("web/prod", 1, 2),
+        ("web/prod", 2, 3),
+        ("pay/prod", 2, 4),
+    ]
+    assert second.prev_hash == first.hash and third.prev_hash == second.hash
+    with sessions() as s:
+        assert [e.data for e in read_stream(s, "web/prod")] == [_data(B=1), _data(D=1)]
+        assert [e.data for e in read_stream(s, "pay/prod")] == [_data(A=1), _data(E=1)]
+        assert [e.position for e in read_after(s, 0)] == [1, 2, 3, 4]
+        assert verify_chain(s).ok
+
+
+def test_new_events_are_checked_when_made(sessions: sessionmaker[Session]) -> None:
+    # Made in the writer's thread, before any batch: a bad one never reaches a transaction.
+    with pytest.raises(InvalidDocument):
+        NewEvent("web/prod", 0, {"bad": float("nan")}, ACTOR)
+    for stream, expected, type_ in (
+        ("web prod", 0, "ConfigChanged"),
+        ("web/prod", -1, "ConfigChanged"),
+        ("web/prod", 0, "T" * 65),  # longer than the column holds
+        ("w" * 161, 0, "ConfigChanged"),
+    ):
+        with pytest.raises(InvalidInput):
+            NewEvent(stream, expected, _data(A=1), ACTOR, type=type_)
+    with sessions() as s:
+        event = append(s, "web/prod", 0, _data(A=1), ACTOR, type="T" * 64)
+        s.commit()
+    assert event.type == "T" * 64

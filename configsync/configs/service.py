@@ -6,7 +6,7 @@ callbacks registered with `after_commit` (task dispatch, change feed) run only o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,18 +29,22 @@ from configsync.configs.documents import (
     validate_name,
 )
 from configsync.configs.models import ServiceRow
-from configsync.db import after_commit, utcnow
-from configsync.errors import Deleted, InvalidInput, NotFound, VersionConflict
+from configsync.db import after_commit, insert_missing, utcnow
+from configsync.errors import AlreadyExists, Deleted, InvalidInput, NotFound, VersionConflict
 from configsync.events import (
+    NewEvent,
     StoredEvent,
-    append,
+    append_batch,
     lock_stream,
     read_stream,
+    split_stream,
     stream_name,
     stream_version,
     version_at,
 )
-from configsync.feed import announce
+from configsync.events.canonical import canonical_json
+from configsync.events.group import GroupCommit
+from configsync.feed import announce_locally, notify
 from projections import current, snapshots
 
 CREATED, UPDATED, DELETED = "created", "updated", "deleted"
@@ -50,6 +54,10 @@ ROLLED_BACK, PROMOTED = "rolled_back", "promoted"
 # they commit, after the commit (see configsync.db.after_commit).
 EVENT_LISTENERS = "configsync.event_listeners"
 EventListener = Callable[[StoredEvent], None]
+# Sessions whose info carries a GroupCommit under this key hand it their appends, which then
+# share transactions with other writers' (configsync.events.group); the app sets one on
+# PostgreSQL. Without one, a write appends in the caller's own transaction.
+GROUP_COMMIT = "configsync.group_commit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,14 +205,24 @@ def _write(
         "deleted": deleting,
     }
     data.update(extra or {})
-    if not exists:
-        ensure_service(session, service, ctx.actor)
-    # Announced before the append so that it costs no round trip under the append lock; the
-    # message is transactional, so it goes out only if this append commits.
-    announce(session, f"config:{stream}:{version + 1}")
-    event = append(session, stream, version, data, ctx.metadata())
-    document = current.apply(session, event, document_before=old)
-    snapshots.apply(session, event, document)
+    ready = ReadyWrite(
+        event=NewEvent(stream, version, data, ctx.metadata()),
+        # Computed here, outside the append lock, and by the same code that rebuilds `current`.
+        document_json=canonical_json(current.next_document(old, changes)),
+        creates_service=not exists and session.get(ServiceRow, service) is None,
+        owner_id=ctx.actor.id if ctx.actor.kind == "user" else None,
+    )
+    group: GroupCommit[ReadyWrite, StoredEvent] | None = session.info.get(GROUP_COMMIT)
+    if group is not None:
+        # Durable when this returns, in a transaction shared with other writers; this session
+        # still holds the stream lock, which its commit releases.
+        event = group.submit(ready)
+    else:
+        (outcome,) = record(session, [ready])
+        if isinstance(outcome, Exception):
+            raise outcome
+        event = outcome
+    announce_locally(session, f"config:{stream}:{event.version}")
     for listener in session.info.get(EVENT_LISTENERS, ()):
         after_commit(session, _bind(listener, event))
     return WriteResult(
@@ -219,6 +237,75 @@ def _write(
         updated_by=ctx.actor.as_json(),
         event=event,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyWrite:
+    """A write computed under its stream lock: its event and what the inline projections need."""
+
+    event: NewEvent
+    document_json: str  # the document after the event, canonical JSON
+    creates_service: bool  # the service had no row when the write was authorized
+    owner_id: str | None  # the owner a service this write creates gets
+
+
+def record(session: Session, writes: Sequence[ReadyWrite]) -> list[StoredEvent | Exception]:
+    """Append the writes' events and apply the inline projections, in `session`'s transaction.
+
+    One outcome per write, in order: its stored event, or the error that refused it alone (a
+    stale expected version; a service created by someone else since the write was authorized).
+    Used for one write in the writer's own transaction, and for many by the group commit.
+    """
+    outcomes: list[StoredEvent | Exception | None] = [None] * len(writes)
+    for index, error in _create_services(session, writes).items():
+        outcomes[index] = error
+    waiting = [index for index, outcome in enumerate(outcomes) if outcome is None]
+    # From here to the commit the append lock is held: only the statements that need the
+    # appended events' positions, and nothing that could have been computed before.
+    appended: list[tuple[StoredEvent, str]] = []
+    for index, outcome in zip(
+        waiting, append_batch(session, [writes[i].event for i in waiting]), strict=True
+    ):
+        outcomes[index] = outcome
+        if isinstance(outcome, StoredEvent):
+            appended.append((outcome, writes[index].document_json))
+    current.apply_all(session, appended)
+    snapshots.apply_all(session, appended)
+    notify(session, [f"config:{event.stream}:{event.version}" for event, _ in appended])
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _create_services(session: Session, writes: Sequence[ReadyWrite]) -> dict[int, Exception]:
+    """Make the rows of services created by these writes; refuse writes that lost a race.
+
+    A write that found no service when it was authorized creates it, owned by its writer. If
+    another writer's service of the same name appeared since, this write was authorized against
+    a service that is not the one it would write to: it is refused (409), and sent again it is
+    authorized against the real owner.
+    """
+    creating = {index: write for index, write in enumerate(writes) if write.creates_service}
+    if not creating:
+        return {}
+    rows: dict[str, dict[str, Any]] = {}
+    for write in creating.values():
+        service, _ = split_stream(write.event.stream)
+        rows.setdefault(
+            service, {"name": service, "owner_id": write.owner_id, "created_at": utcnow()}
+        )
+    insert_missing(session, ServiceRow, list(rows.values()), key=["name"])
+    found = session.execute(
+        select(ServiceRow.name, ServiceRow.owner_id).where(ServiceRow.name.in_(list(rows)))
+    )
+    owners = {row.name: row.owner_id for row in found}
+    refused: dict[int, Exception] = {}
+    for index, write in creating.items():
+        service, _ = split_stream(write.event.stream)
+        if owners.get(service) != write.owner_id:
+            refused[index] = AlreadyExists(
+                f"service {service} was created by someone else while this write was in "
+                "flight; send it again"
+            )
+    return refused
 
 
 def _bind(listener: EventListener, event: StoredEvent) -> Callable[[], None]:
@@ -243,20 +330,6 @@ def _unchanged(state: current.CurrentConfig) -> WriteResult:
 def check_reason(reason: str | None, limit: int) -> None:
     if reason is not None and len(reason) > limit:
         raise InvalidInput(f"reason is {len(reason)} characters long; the limit is {limit}")
-
-
-def ensure_service(session: Session, service: str, actor: Actor) -> ServiceRow:
-    """The service's row, made on its first write with the writing person as its owner."""
-    row = session.get(ServiceRow, service)
-    if row is None:
-        row = ServiceRow(
-            name=service,
-            owner_id=actor.id if actor.kind == "user" else None,
-            created_at=utcnow(),
-        )
-        session.add(row)
-        session.flush()
-    return row
 
 
 def service_owner(session: Session, service: str) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +33,8 @@ APPEND_LOCK_KEY = 0x636F_6E66_6967_7301  # "configs" + 1
 STREAM_LOCK_NAMESPACE = 0x6373_7472  # "cstr"
 # Stream and type names need no escaping inside JSON, which keeps the PostgreSQL append's
 # hand-built canonical JSON identical to canonical_json's.
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,159}")
+_STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,159}")
+_TYPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,63}")
 
 
 # Events are read as plain rows, not ORM objects: replays read hundreds of thousands of them and
@@ -150,8 +151,56 @@ def stream_version(session: Session, stream: str) -> int:
 # see 7. Holding one transaction-scoped lock from before the read of the last position until
 # commit makes positions become visible strictly in order and leaves no gaps (a rolled-back
 # append consumes nothing). PostgreSQL releases the lock only after the commit is visible.
-# On PostgreSQL the lock is a transaction-scoped advisory lock taken in configsync_append;
+# On PostgreSQL the lock is a transaction-scoped advisory lock taken in configsync_append_batch;
 # on SQLite, BEGIN IMMEDIATE (configsync.db) already gives every writer the whole database.
+# Since the lock is held through the commit, appends per second are bounded by commits per
+# second; configsync.events.group puts many appends in one transaction to lift that bound.
+class NewEvent:
+    """An event to append to `stream`, which must be at `expected_version` (0: no events yet).
+
+    Checked, given its id and serialized when made: that work needs no lock, and it is done in
+    the writer's own thread, not in a group commit's batch (configsync.events.group). Raises
+    InvalidInput for a bad name or version and InvalidDocument for a payload that is not JSON.
+    """
+
+    __slots__ = (
+        "data",
+        "data_json",
+        "event_id",
+        "expected_version",
+        "metadata",
+        "metadata_json",
+        "stream",
+        "type",
+    )
+
+    def __init__(
+        self,
+        stream: str,
+        expected_version: int,
+        data: Mapping[str, Any],
+        metadata: Mapping[str, Any],
+        type: str = CONFIG_CHANGED,
+    ) -> None:
+        if not _STREAM_NAME.fullmatch(stream):
+            raise InvalidInput(f"stream names must match {_STREAM_NAME.pattern}")
+        if not _TYPE_NAME.fullmatch(type):
+            raise InvalidInput(f"type names must match {_TYPE_NAME.pattern}")
+        if expected_version < 0:
+            raise InvalidInput("expected_version must be 0 or more")
+        self.stream = stream
+        self.expected_version = expected_version
+        self.type = type
+        self.event_id = str(uuid.uuid4())
+        self.data = dict(data)
+        self.metadata = dict(metadata)
+        self.data_json = canonical_json(self.data)
+        self.metadata_json = canonical_json(self.metadata)
+
+    def __repr__(self) -> str:
+        return f"NewEvent({self.stream!r}, expected_version={self.expected_version})"
+
+
 def append(
     session: Session,
     stream: str,
@@ -165,86 +214,95 @@ def append(
 
     Raises VersionConflict (and appends nothing) when it is not. Payloads must be plain JSON.
     """
-    if not _PLAIN_NAME.fullmatch(stream) or not _PLAIN_NAME.fullmatch(type):
-        raise InvalidInput(f"stream and type names must match {_PLAIN_NAME.pattern}")
-    if expected_version < 0:
-        raise InvalidInput("expected_version must be 0 or more")
-    data = dict(data)
-    metadata = dict(metadata)
-    data_json = canonical_json(data)
-    metadata_json = canonical_json(metadata)
-    event_id = str(uuid.uuid4())
+    (outcome,) = append_batch(session, [NewEvent(stream, expected_version, data, metadata, type)])
+    if isinstance(outcome, VersionConflict):
+        raise outcome
+    return outcome
+
+
+def append_batch(
+    session: Session, events: Sequence[NewEvent]
+) -> list[StoredEvent | VersionConflict]:
+    """Append several events in the caller's transaction, in order, under one lock.
+
+    Each is checked against its own expected version: one that is stale comes back as its
+    VersionConflict (and appends nothing) while the others are appended. An event may expect a
+    version that an earlier one of the same batch creates.
+    """
+    if not events:
+        return []
     if session.get_bind().dialect.name == "postgresql":
-        append_row = _append_postgres
+        rows = _append_postgres(session, events)
     else:
-        append_row = _append_python
-    position, recorded_at, prev_hash, digest = append_row(
-        session, stream, expected_version, event_id, type, data, data_json, metadata, metadata_json
-    )
-    return StoredEvent(
-        position=position,
-        event_id=event_id,
-        stream=stream,
-        version=expected_version + 1,
-        type=type,
-        data=data,
-        metadata=metadata,
-        recorded_at=recorded_at,
-        prev_hash=prev_hash,
-        hash=digest,
-    )
+        rows = [_append_python(session, event) for event in events]
+    outcomes: list[StoredEvent | VersionConflict] = []
+    for event, row in zip(events, rows, strict=True):
+        if isinstance(row, int):
+            outcomes.append(VersionConflict(event.stream, event.expected_version, row))
+            continue
+        position, recorded_at, prev_hash, digest = row
+        outcomes.append(
+            StoredEvent(
+                position=position,
+                event_id=event.event_id,
+                stream=event.stream,
+                version=event.expected_version + 1,
+                type=event.type,
+                data=event.data,
+                metadata=event.metadata,
+                recorded_at=recorded_at,
+                prev_hash=prev_hash,
+                hash=digest,
+            )
+        )
+    return outcomes
 
 
-_AppendResult = tuple[int, datetime, str, str]
+# (position, recorded_at, prev_hash, hash) of an appended event, or the actual version of a
+# stream whose expected version was stale.
+_AppendResult = tuple[int, datetime, str, str] | int
 # Sent at driver level: this runs under the append lock on every write, and skipping
 # SQLAlchemy's statement handling here is a measurable share of the lock's hold time.
-_APPEND_SQL = "SELECT * FROM configsync_append(%s, %s, %s, %s, %s, %s, %s)"
+_APPEND_SQL = "SELECT * FROM configsync_append_batch(%s, %s, %s, %s, %s, %s, %s)"
 
 
-def _append_postgres(
-    session: Session,
-    stream: str,
-    expected_version: int,
-    event_id: str,
-    type: str,
-    data: dict[str, Any],
-    data_json: str,
-    metadata: dict[str, Any],
-    metadata_json: str,
-) -> _AppendResult:
-    del data, metadata  # the function hashes the canonical text it is given
-    # One round trip: configsync_append (migration 0001) takes the append lock, checks the
-    # version, links and hashes exactly as _append_python does, and inserts. The lock is held
-    # from there to commit, so the fewer round trips under it, the more appends per second.
-    row = (
+def _append_postgres(session: Session, events: Sequence[NewEvent]) -> list[_AppendResult]:
+    # One round trip: configsync_append_batch (migration 0004) takes the append lock and, for
+    # each event, checks the version, links and hashes exactly as _append_python does, and
+    # inserts. The lock is held from there to commit, so the fewer round trips under it, the
+    # more appends per second.
+    rows = (
         session.connection()
         .exec_driver_sql(
             _APPEND_SQL,
-            (APPEND_LOCK_KEY, stream, expected_version, event_id, type, data_json, metadata_json),
+            (
+                APPEND_LOCK_KEY,
+                [e.stream for e in events],
+                [e.expected_version for e in events],
+                [e.event_id for e in events],
+                [e.type for e in events],
+                [e.data_json for e in events],
+                [e.metadata_json for e in events],
+            ),
         )
-        .one()
+        .all()
     )
-    if row.o_position is None:
-        raise VersionConflict(stream, expected_version, row.o_actual_version)
-    recorded_at = row.o_recorded_at.astimezone(UTC)
-    return row.o_position, recorded_at, row.o_prev_hash, row.o_hash
+    results: list[_AppendResult] = []
+    for row in sorted(rows, key=lambda r: r.o_index):
+        if row.o_position is None:
+            results.append(row.o_actual_version)
+        else:
+            recorded_at = row.o_recorded_at.astimezone(UTC)
+            results.append((row.o_position, recorded_at, row.o_prev_hash, row.o_hash))
+    return results
 
 
-def _append_python(
-    session: Session,
-    stream: str,
-    expected_version: int,
-    event_id: str,
-    type: str,
-    data: dict[str, Any],
-    data_json: str,
-    metadata: dict[str, Any],
-    metadata_json: str,
-) -> _AppendResult:
+def _append_python(session: Session, event: NewEvent) -> _AppendResult:
     # The caller's transaction began with BEGIN IMMEDIATE: this writer holds the database.
+    stream, expected_version = event.stream, event.expected_version
     actual = stream_version(session, stream)
     if actual != expected_version:
-        raise VersionConflict(stream, expected_version, actual)
+        return actual
     last = session.execute(
         select(EventRow.position, EventRow.hash, EventRow.recorded_at)
         .order_by(EventRow.position.desc())
@@ -259,31 +317,34 @@ def _append_python(
     digest = event_hash(
         prev_hash,
         position=position,
-        event_id=event_id,
+        event_id=event.event_id,
         stream=stream,
         version=version,
-        type=type,
-        data=data,
-        metadata=metadata,
+        type=event.type,
+        data=event.data,
+        metadata=event.metadata,
         recorded_at=recorded_at,
     )
     try:
-        session.execute(
-            insert(EventRow).values(
-                position=position,
-                event_id=event_id,
-                stream=stream,
-                version=version,
-                type=type,
-                data=data_json,
-                metadata_=metadata_json,
-                recorded_at=recorded_at,
-                prev_hash=prev_hash,
-                hash=digest,
+        # A savepoint, so that the last line of defence below leaves the transaction usable
+        # for the rest of a batch.
+        with session.begin_nested():
+            session.execute(
+                insert(EventRow).values(
+                    position=position,
+                    event_id=event.event_id,
+                    stream=stream,
+                    version=version,
+                    type=event.type,
+                    data=event.data_json,
+                    metadata_=event.metadata_json,
+                    recorded_at=recorded_at,
+                    prev_hash=prev_hash,
+                    hash=digest,
+                )
             )
-        )
-    except IntegrityError as exc:  # the unique (stream, version): last line of defence only
-        raise VersionConflict(stream, expected_version, stream_version(session, stream)) from exc
+    except IntegrityError:  # the unique (stream, version): last line of defence only
+        return stream_version(session, stream)
     return position, recorded_at, prev_hash, digest
 
 

@@ -1,0 +1,194 @@
+"""Group commit: appends from many threads share one transaction and one commit.
+
+Why: an append holds the global append lock until its commit is durable (configsync.events.store
+says why), so appends one per transaction go no faster than one commit after another, whatever
+the number of writers. Group commit lifts that bound the way databases do for their own log: a
+writer that arrives while a commit is in flight queues; when that commit is done, one queued
+writer (the leader) takes everything queued, runs it in one transaction, commits once, and hands
+every other writer its own outcome. A lone writer commits at once (no timer, no added latency);
+under load the batches grow by themselves.
+
+Each item keeps its own outcome: a stale expected version fails that item alone. If the batch's
+transaction fails before its commit, every item is run again alone, so that one bad item cannot
+fail the writes that happened to share its batch. If the commit itself fails, its outcome is
+unknown and every item of the batch gets that error, as a lone writer would.
+
+One batch is in flight per GroupCommit at a time, on a connection of its own (`for_database`).
+Writers often wait here while holding a connection of their own (a request holds its stream lock
+until the append is durable), so a shared pool could run out with every connection held by a
+waiting writer and none left for the leader. That connection is not pinged before each batch (a
+round trip in every batch's path); a batch that finds it dead is run again on a new one, which is
+safe because nothing can have been written on a dead connection.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from configsync.db import make_engine, make_session_factory
+
+Item = TypeVar("Item")
+Outcome = TypeVar("Outcome")
+
+# What a batch's work gives back: one outcome per item, in order; an exception is that item's
+# failure, raised in the thread that submitted it.
+Work = Callable[[Session, Sequence[Item]], Sequence[Outcome | Exception]]
+
+
+class _Slot(Generic[Item, Outcome]):
+    __slots__ = ("done", "item", "outcome", "wake")
+
+    def __init__(self, item: Item) -> None:
+        self.item = item
+        self.outcome: Outcome | BaseException | None = None
+        self.done = False
+        # Set once: when the outcome is in, or when this slot's writer is to lead the next batch.
+        self.wake = threading.Event()
+
+    def settle(self, outcome: Outcome | BaseException) -> None:
+        self.outcome = outcome
+        self.done = True
+
+
+class GroupCommit(Generic[Item, Outcome]):
+    """Run `work` for many threads' items in shared transactions; `submit` blocks until durable."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], work: Work[Item, Outcome], *, max_batch: int = 64
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be 1 or more")
+        self._sessions = sessions
+        self._work = work
+        self._max_batch = max_batch
+        self._lock = threading.Lock()
+        self._queue: deque[_Slot[Item, Outcome]] = deque()
+        self._committing = False
+        self._engine: Engine | None = None
+        # Read by the benchmark and the tests: transactions run, items submitted.
+        self.transactions = 0
+        self.items = 0
+        self.largest_batch = 0
+
+    @classmethod
+    def for_database(
+        cls, url: str, work: Work[Item, Outcome], *, max_batch: int = 64
+    ) -> GroupCommit[Item, Outcome]:
+        """A group with a connection of its own to the database at `url`; `close` releases it."""
+        engine = make_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=False)
+        group = cls(make_session_factory(engine), work, max_batch=max_batch)
+        group._engine = engine
+        return group
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+    @property
+    def waiting(self) -> int:
+        """Items queued for the next batch (not those of the batch being committed)."""
+        with self._lock:
+            return len(self._queue)
+
+    def submit(self, item: Item) -> Outcome:
+        """Run `item` in the next batch; return its outcome once committed, or raise its error."""
+        slot: _Slot[Item, Outcome] = _Slot(item)
+        with self._lock:
+            lead = not self._committing
+            if lead:
+                self._committing = True
+            else:
+                self._queue.append(slot)
+        if not lead:
+            # Woken once: with the outcome, or to lead the batch of everything queued by now.
+            slot.wake.wait()
+        if not slot.done:
+            self._lead(slot)
+        if isinstance(slot.outcome, BaseException):
+            raise slot.outcome
+        return slot.outcome  # type: ignore[return-value]
+
+    def _lead(self, own: _Slot[Item, Outcome]) -> None:
+        # Only one writer leads at a time; each wakes exactly the writers it has news for (no
+        # thundering herd on every commit), then hands the lead to the first one still queued.
+        with self._lock:
+            if own in self._queue:
+                self._queue.remove(own)
+            count = min(len(self._queue), self._max_batch - 1)
+            batch = [own] + [self._queue.popleft() for _ in range(count)]
+        try:
+            self._commit(batch)
+        finally:
+            for slot in batch:
+                if slot is not own:
+                    slot.wake.set()
+            with self._lock:
+                if self._queue:
+                    self._queue[0].wake.set()
+                else:
+                    self._committing = False
+
+    def _commit(self, batch: list[_Slot[Item, Outcome]]) -> None:
+        self.items += len(batch)
+        self.largest_batch = max(self.largest_batch, len(batch))
+        try:
+            outcomes = self._run([slot.item for slot in batch])
+        except _CommitFailed as failed:
+            for slot in batch:
+                slot.settle(failed.error)
+        except Exception as error:
+            if len(batch) == 1:
+                batch[0].settle(error)
+            else:
+                self._commit_alone(batch)
+        except BaseException as error:  # interrupted: nobody may wait forever for an outcome
+            for slot in batch:
+                if not slot.done:
+                    slot.settle(error)
+            raise
+        else:
+            for slot, outcome in zip(batch, outcomes, strict=True):
+                slot.settle(outcome)
+
+    def _commit_alone(self, batch: list[_Slot[Item, Outcome]]) -> None:
+        for slot in batch:
+            try:
+                (outcome,) = self._run([slot.item])
+            except _CommitFailed as failed:
+                slot.settle(failed.error)
+            except Exception as error:
+                slot.settle(error)
+            else:
+                slot.settle(outcome)
+
+    def _run(self, items: list[Item]) -> Sequence[Outcome | Exception]:
+        for attempt in (1, 2):
+            self.transactions += 1
+            with self._sessions() as session:
+                try:
+                    outcomes = self._work(session, items)
+                except DBAPIError as error:
+                    if error.connection_invalidated and attempt == 1:
+                        continue  # the connection had died since its last batch: a new one
+                    raise
+                if len(outcomes) != len(items):
+                    raise RuntimeError(f"{len(items)} items gave {len(outcomes)} outcomes")
+                try:
+                    session.commit()
+                except Exception as error:
+                    raise _CommitFailed(error) from error
+                return outcomes
+        raise AssertionError("unreachable")
+
+
+class _CommitFailed(Exception):
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
