@@ -1,7 +1,10 @@
 """Append throughput on PostgreSQL: 1 writer, 16 writers on distinct streams, 16 on one stream.
 
-Each append is its own transaction (lock, expected-version check, hash chain, insert, commit),
-as a write through the API is. Usage: python bench/append.py [--events N]
+Every append takes the global append lock, checks its expected version, links into the hash
+chain and inserts; the lock is held to the commit. Writers either commit each append alone, or
+hand it to the store's group commit (configsync.events.group), which is what the API does on
+PostgreSQL: appends of concurrent writers then share transactions and commits.
+Usage: python -m bench.append [--events N]
 Target on the 2-core machine: >= 1,500 appends/s with 16 writers on distinct streams.
 """
 
@@ -17,10 +20,11 @@ from sqlalchemy.orm import sessionmaker
 
 from bench._common import fresh_database, reset, timed
 from configsync.configs import service
-from configsync.configs.service import SYSTEM, WriteContext
-from configsync.db import make_engine, unit_of_work
+from configsync.configs.service import GROUP_COMMIT, SYSTEM, WriteContext, record
+from configsync.db import make_engine, make_session_factory, unit_of_work
 from configsync.errors import VersionConflict
-from configsync.events import append
+from configsync.events import NewEvent, StoredEvent, append, append_batch
+from configsync.events.group import GroupCommit
 
 ACTOR = {"actor": {"kind": "user", "id": "bench", "name": "bench"}}
 
@@ -30,24 +34,34 @@ def _data(i: int) -> dict[str, object]:
     return {"changes": changes, "reason": None, "rollback_of": None, "deleted": False}
 
 
-def run_writers(factory: sessionmaker, writers: int, per_writer: int, same_stream: bool) -> int:  # type: ignore[type-arg]
+def run_writers(
+    factory: sessionmaker,  # type: ignore[type-arg]
+    writers: int,
+    per_writer: int,
+    same_stream: bool,
+    group: GroupCommit[NewEvent, StoredEvent] | None = None,
+) -> int:
     retries = [0] * writers
+
+    def append_one(stream: str, expected: int, i: int) -> StoredEvent:
+        if group is not None:
+            return group.submit(NewEvent(stream, expected, _data(i), ACTOR))
+        with factory() as session:
+            event = append(session, stream, expected, _data(i), ACTOR)
+            session.commit()
+            return event
 
     def writer(w: int) -> None:
         stream = "bench/shared" if same_stream else f"bench-{w}/prod"
         done = 0
         expected = 0
         while done < per_writer:
-            with factory() as session:
-                try:
-                    event = append(session, stream, expected, _data(done), ACTOR)
-                    session.commit()
-                    done += 1
-                    expected = event.version
-                except VersionConflict as conflict:
-                    session.rollback()
-                    retries[w] += 1
-                    expected = conflict.actual
+            try:
+                expected = append_one(stream, expected, done).version
+                done += 1
+            except VersionConflict as conflict:
+                retries[w] += 1
+                expected = conflict.actual
 
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
     for t in threads:
@@ -89,8 +103,12 @@ def run_process_writers(url: str, writers: int, per_writer: int) -> tuple[int, f
     return writers * per_writer, time.perf_counter() - began
 
 
-def run_service_writers(factory: sessionmaker, writers: int, per_writer: int) -> int:  # type: ignore[type-arg]
-    """The whole write path of PUT: stream lock, read current, diff, append, inline projection."""
+def run_service_writers(
+    factory: sessionmaker,  # type: ignore[type-arg]
+    writers: int,
+    per_writer: int,
+) -> int:
+    """The whole write path of PUT: stream lock, read current, diff, append, inline projections."""
     ctx = WriteContext(actor=SYSTEM)
 
     def writer(w: int) -> None:
@@ -107,36 +125,56 @@ def run_service_writers(factory: sessionmaker, writers: int, per_writer: int) ->
     return writers * per_writer
 
 
+def _report(label: str, count: int, seconds: float, group: GroupCommit[Any, Any] | None) -> None:
+    per_commit = f", {group.items / group.transactions:.1f} per commit" if group else ""
+    print(
+        f"  {label:52s} {count / seconds:8.0f} events/s  ({count} in {seconds:.2f} s{per_commit})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=4000, help="events per scenario")
     args = parser.parse_args()
     with fresh_database() as url:
         engine = make_engine(url, pool_size=20, max_overflow=5)
-        factory = sessionmaker(bind=engine)
-        scenarios = [
-            ("1 writer", 1, False),
-            ("16 writer threads, distinct streams", 16, False),
-            ("16 writer threads, one stream, retry on conflict", 16, True),
-        ]
-        print(f"append benchmark, PostgreSQL, {args.events} events per scenario")
-        for label, writers, same in scenarios:
-            reset(engine)
-            # The one-stream case is a retry storm by design; a tenth of the events shows its rate.
-            per_writer = max(1, args.events // writers // (10 if same else 1))
-            count, seconds = timed(
-                lambda w=writers, p=per_writer, s=same: run_writers(factory, w, p, s)
-            )
-            print(f"  {label:45s} {count / seconds:10.0f} events/s  ({count} in {seconds:.2f} s)")
-        reset(engine)
-        count, seconds = run_process_writers(url, 16, max(1, args.events // 16))
-        label = "16 writer processes, distinct streams"
-        print(f"  {label:45s} {count / seconds:10.0f} events/s  ({count} in {seconds:.2f} s)")
-        reset(engine)
+        factory = make_session_factory(engine)
         per_writer = max(1, args.events // 16)
-        count, seconds = timed(lambda: run_service_writers(factory, 16, per_writer))
-        label = "16 writers, whole PUT write path (service)"
-        print(f"  {label:45s} {count / seconds:10.0f} events/s  ({count} in {seconds:.2f} s)")
+        print(f"append benchmark, PostgreSQL, {args.events} events per scenario")
+        scenarios = [
+            ("1 writer, a commit per append", 1, args.events, False, False),
+            ("16 writer threads, distinct streams, group commit", 16, per_writer, False, True),
+            ("16 writer threads, distinct streams, a commit each", 16, per_writer, False, False),
+            # A retry storm by design; a tenth of the events shows its rate.
+            ("16 writer threads, one stream, retry on conflict", 16, per_writer // 10, True, True),
+        ]
+        rates: dict[str, float] = {}
+        for label, writers, count, same, grouped in scenarios:
+            reset(engine)
+            group = GroupCommit.for_database(url, append_batch) if grouped else None
+            total, seconds = timed(
+                lambda w=writers, c=count, s=same, g=group: run_writers(factory, w, c, s, g)  # type: ignore[misc]
+            )
+            _report(label, total, seconds, group)
+            rates[label] = total / seconds
+            if group is not None:
+                group.close()
+        grouped_rate, alone_rate = (rates[label] for label, *_ in scenarios[1:3])
+        print(f"    (group commit vs a commit each, same run: {grouped_rate / alone_rate:.2f}x)")
+        reset(engine)
+        total, seconds = run_process_writers(url, 16, per_writer)
+        _report("16 writer processes, distinct streams, a commit each", total, seconds, None)
+        for grouped in (True, False):
+            reset(engine)
+            group = GroupCommit.for_database(url, record) if grouped else None
+            sessions = make_session_factory(engine)
+            if group is not None:
+                sessions.configure(info={GROUP_COMMIT: group})
+            total, seconds = timed(lambda s=sessions: run_service_writers(s, 16, per_writer))  # type: ignore[misc]
+            how = "group commit" if grouped else "a commit each"
+            _report(f"16 writers, whole PUT write path, {how}", total, seconds, group)
+            if group is not None:
+                group.close()
         engine.dispose()
 
 
