@@ -15,7 +15,7 @@ from sqlalchemy.orm import sessionmaker
 from bench._common import fresh_database
 from configsync.configs.documents import compute_changes
 from configsync.db import make_engine
-from configsync.events import append
+from configsync.events import NewEvent, append_batch
 from projections import current
 
 ACTOR = {"actor": {"kind": "user", "id": "bench", "name": "bench"}, "request_id": None}
@@ -29,6 +29,7 @@ def seed(factory: sessionmaker, events: int, streams: int) -> None:  # type: ign
     names = list(documents)
     written = 0
     while written < events:
+        batch: list[NewEvent] = []
         with factory() as session:
             for _ in range(min(2000, events - written)):
                 stream = names[written % streams]
@@ -44,10 +45,11 @@ def seed(factory: sessionmaker, events: int, streams: int) -> None:  # type: ign
                     "rollback_of": None,
                     "deleted": False,
                 }
-                append(session, stream, versions[stream], data, ACTOR)
+                batch.append(NewEvent(stream, versions[stream], data, ACTOR))
                 versions[stream] += 1
                 documents[stream] = new
                 written += 1
+            append_batch(session, batch)
             session.commit()
 
 
