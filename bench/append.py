@@ -40,8 +40,10 @@ def run_writers(
     per_writer: int,
     same_stream: bool,
     group: GroupCommit[NewEvent, StoredEvent] | None = None,
+    retries: list[int] | None = None,
 ) -> int:
-    retries = [0] * writers
+    """Appends `per_writer` events per writer; conflicts retried are added to `retries[0]`."""
+    conflicts = [0] * writers
 
     def append_one(stream: str, expected: int, i: int) -> StoredEvent:
         if group is not None:
@@ -60,7 +62,7 @@ def run_writers(
                 expected = append_one(stream, expected, done).version
                 done += 1
             except VersionConflict as conflict:
-                retries[w] += 1
+                conflicts[w] += 1
                 expected = conflict.actual
 
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
@@ -68,8 +70,8 @@ def run_writers(
         t.start()
     for t in threads:
         t.join()
-    if same_stream:
-        print(f"    (conflicts retried: {sum(retries)})")
+    if retries is not None:
+        retries[0] += sum(conflicts)
     return writers * per_writer
 
 
@@ -152,10 +154,15 @@ def main() -> None:
         for label, writers, count, same, grouped in scenarios:
             reset(engine)
             group = GroupCommit.for_database(url, append_batch) if grouped else None
+            retries = [0]
             total, seconds = timed(
-                lambda w=writers, c=count, s=same, g=group: run_writers(factory, w, c, s, g)  # type: ignore[misc]
+                lambda w=writers, c=count, s=same, g=group, r=retries: run_writers(  # type: ignore[misc]
+                    factory, w, c, s, g, r
+                )
             )
             _report(label, total, seconds, group)
+            if same:
+                print(f"    (conflicts retried: {retries[0]})")
             rates[label] = total / seconds
             if group is not None:
                 group.close()
