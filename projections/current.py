@@ -23,7 +23,7 @@ from configsync.configs.documents import (
     fold,
 )
 from configsync.db import Base, UTCDateTime, upsert
-from configsync.events import StoredEvent, iter_all, read_stream, split_stream, stream_name
+from configsync.events import StoredEvent, iter_rows, read_stream, split_stream, stream_name
 from configsync.events.canonical import canonical_json, loads
 from configsync.events.models import EventRow
 
@@ -131,17 +131,20 @@ def rebuild(session: Session, *, batch_size: int = 5000) -> int:
     The old rows are deleted and the new ones written in one transaction, so readers see either
     the old projection or the rebuilt one, never a half-built one.
     """
-    last: dict[str, StoredEvent] = {}
+    last: dict[str, Any] = {}  # stream -> its last event's row
     documents: dict[str, Document] = {}
     replayed = 0
-    for event in iter_all(session, batch_size=batch_size):
-        documents[event.stream] = apply_changes(
-            documents.get(event.stream, {}), event.data["changes"]
+    for row in iter_rows(session, batch_size=batch_size):
+        documents[row.stream] = apply_changes(
+            documents.get(row.stream, {}), loads(row.data)["changes"]
         )
-        last[event.stream] = event
+        last[row.stream] = row
         replayed += 1
     session.execute(delete(ConfigCurrentRow))
-    rows = [_row_values(last[stream], canonical_json(documents[stream])) for stream in sorted(last)]
+    rows = [
+        _row_values(StoredEvent.from_row(last[stream]), canonical_json(documents[stream]))
+        for stream in sorted(last)
+    ]
     for start in range(0, len(rows), 1000):
         _write(session, rows[start : start + 1000])
     return replayed

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from configsync.configs.documents import Document, apply_changes
 from configsync.db import Base, upsert
-from configsync.events import StoredEvent, iter_all
+from configsync.events import StoredEvent, iter_rows
 from configsync.events.canonical import canonical_json, loads
 
 NAME = "snapshots"
@@ -70,9 +70,9 @@ def rebuild(session: Session) -> int:
     """Replay every event and write every snapshot again; returns how many were written."""
     documents: dict[str, Document] = {}
     rows: list[dict[str, object]] = []
-    for event in iter_all(session):
+    for event in iter_rows(session):
         documents[event.stream] = apply_changes(
-            documents.get(event.stream, {}), event.data["changes"]
+            documents.get(event.stream, {}), loads(event.data)["changes"]
         )
         if due(event.version):
             rows.append(
