@@ -397,14 +397,9 @@ def _after(after: int, limit: int) -> Any:
     )
 
 
-def iter_all(session: Session, *, after: int = 0, batch_size: int = 5000) -> Iterator[StoredEvent]:
-    """Every event after `after`, in global order, read in batches (keyset paging)."""
-    for row in iter_rows(session, after=after, batch_size=batch_size):
-        yield StoredEvent.from_row(row)
-
-
 def iter_rows(session: Session, *, after: int = 0, batch_size: int = 5000) -> Iterator[Any]:
-    """`iter_all` as database rows, their `data` and `metadata_` still JSON text.
+    """Every event after `after` as a database row, in global order, read in batches (keyset
+    paging). `data` and `metadata_` are still JSON text.
 
     For replays: parsing JSON is most of their time, and a rebuild needs only each event's data
     (and the metadata of a few), so it parses what it uses (`StoredEvent.from_row` for the rest).
@@ -435,20 +430,14 @@ def verify_chain(session: Session, *, batch_size: int = 5000) -> ChainReport:
     hash, or whose hash does not match its content is reported.
     """
     expected_prev = GENESIS_HASH
-    expected_position = 1
     checked = 0
-    after = 0
-    while True:
-        rows = session.execute(_after(after, batch_size)).all()
-        for row in rows:
-            if not _row_is_intact(row, expected_position, expected_prev):
-                return ChainReport(ok=False, checked=checked, first_bad_position=row.position)
-            checked += 1
-            expected_prev = row.hash
-            expected_position += 1
-        if len(rows) < batch_size:
-            return ChainReport(ok=True, checked=checked, first_bad_position=None)
-        after = rows[-1].position
+    for row in iter_rows(session, batch_size=batch_size):
+        # Gapless: the n-th event is at position n.
+        if not _row_is_intact(row, checked + 1, expected_prev):
+            return ChainReport(ok=False, checked=checked, first_bad_position=row.position)
+        checked += 1
+        expected_prev = row.hash
+    return ChainReport(ok=True, checked=checked, first_bad_position=None)
 
 
 def _row_is_intact(row: Any, expected_position: int, expected_prev: str) -> bool:
