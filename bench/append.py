@@ -19,9 +19,11 @@ from typing import Any
 from sqlalchemy.orm import sessionmaker
 
 from bench._common import fresh_database, reset, timed
-from configsync.configs import service
-from configsync.configs.service import GROUP_COMMIT, SYSTEM, WriteContext, record
+from configsync.configs import commands
+from configsync.configs.commands import WriteContext, WritePath, record
 from configsync.db import make_engine, make_session_factory, unit_of_work
+from configsync.domain.actor import SYSTEM
+from configsync.domain.events import CONFIG_CHANGED
 from configsync.errors import VersionConflict
 from configsync.events import NewEvent, StoredEvent, append, append_batch
 from configsync.events.group import GroupCommit
@@ -47,9 +49,9 @@ def run_writers(
 
     def append_one(stream: str, expected: int, i: int) -> StoredEvent:
         if group is not None:
-            return group.submit(NewEvent(stream, expected, _data(i), ACTOR))
+            return group.submit(NewEvent(stream, expected, _data(i), ACTOR, type=CONFIG_CHANGED))
         with factory() as session:
-            event = append(session, stream, expected, _data(i), ACTOR)
+            event = append(session, stream, expected, _data(i), ACTOR, type=CONFIG_CHANGED)
             session.commit()
             return event
 
@@ -82,7 +84,9 @@ def _process_writer(url: str, w: int, per_writer: int, start: Any) -> None:
     stream, expected = f"bench-{w}/prod", 0
     for i in range(per_writer):
         with factory() as session:
-            expected = append(session, stream, expected, _data(i), ACTOR).version
+            expected = append(
+                session, stream, expected, _data(i), ACTOR, type=CONFIG_CHANGED
+            ).version
             session.commit()
     engine.dispose()
 
@@ -109,15 +113,16 @@ def run_service_writers(
     factory: sessionmaker,  # type: ignore[type-arg]
     writers: int,
     per_writer: int,
+    path: WritePath,
 ) -> int:
     """The whole write path of PUT: stream lock, read current, diff, append, inline projections."""
-    ctx = WriteContext(actor=SYSTEM)
+    ctx = WriteContext(actor=SYSTEM, path=path)
 
     def writer(w: int) -> None:
         for i in range(per_writer):
             with unit_of_work(factory) as session:
                 document = {"COUNTER": i, "API_URL": "https://api.example.com", "TIMEOUT": 30}
-                service.replace(session, f"bench-{w}", "prod", document, ctx)
+                commands.replace(session, f"bench-{w}", "prod", document, ctx)
 
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
     for t in threads:
@@ -175,9 +180,8 @@ def main() -> None:
             reset(engine)
             group = GroupCommit.for_database(url, record) if grouped else None
             sessions = make_session_factory(engine)
-            if group is not None:
-                sessions.configure(info={GROUP_COMMIT: group})
-            total, seconds = timed(lambda s=sessions: run_service_writers(s, 16, per_writer))  # type: ignore[misc]
+            path = WritePath(group=group)
+            total, seconds = timed(lambda: run_service_writers(sessions, 16, per_writer, path))  # noqa: B023
             how = "group commit" if grouped else "a commit each"
             _report(f"16 writers, whole PUT write path, {how}", total, seconds, group)
             if group is not None:

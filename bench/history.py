@@ -20,8 +20,8 @@ from configsync.app import create_app
 from configsync.auth.permissions import Caller
 from configsync.auth.service import signup
 from configsync.auth.tokens import issue
-from configsync.configs import service
-from configsync.configs.service import WriteContext
+from configsync.configs import commands
+from configsync.configs.commands import WriteContext
 from configsync.db import make_engine, unit_of_work
 from configsync.settings import Settings
 
@@ -38,7 +38,7 @@ def seed(url: str, versions: int) -> str:
     for v in range(1, versions + 1):
         document[f"KEY_{v % 40}"] = f"value-{v}"  # every write changes something
         with unit_of_work(factory) as session:
-            service.replace(session, "bench", "prod", dict(document), ctx)
+            commands.replace(session, "bench", "prod", dict(document), ctx)
     token, _ = issue(user.id, "user", key=SECRET, minutes=60)
     return token
 

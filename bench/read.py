@@ -26,8 +26,8 @@ from sqlalchemy.orm import sessionmaker
 from bench._common import fresh_database
 from configsync.auth.permissions import Caller
 from configsync.auth.service import create_api_key, signup
-from configsync.configs import service
-from configsync.configs.service import WriteContext
+from configsync.configs import commands
+from configsync.configs.commands import WriteContext
 from configsync.db import make_engine, unit_of_work
 
 SECRET = "bench-secret-key-0123456789-0123456789-abcdef"
@@ -52,7 +52,7 @@ def seed(url: str) -> str:
     with unit_of_work(factory) as session:
         user = signup(session, "bench@example.com", "bench-password")
         caller = Caller(kind="user", id=user.id, name=user.email, role="user")
-        service.replace(session, "bench", "prod", document(), WriteContext(actor=caller.actor()))
+        commands.replace(session, "bench", "prod", document(), WriteContext(actor=caller.actor()))
     with unit_of_work(factory) as session:
         _, key = create_api_key(
             session,

@@ -13,8 +13,9 @@ import time
 from sqlalchemy.orm import sessionmaker
 
 from bench._common import fresh_database
-from configsync.configs.documents import compute_changes
 from configsync.db import make_engine
+from configsync.domain.documents import compute_changes
+from configsync.domain.events import CONFIG_CHANGED
 from configsync.events import NewEvent, append_batch
 from projections import current
 
@@ -45,7 +46,7 @@ def seed(factory: sessionmaker, events: int, streams: int) -> None:  # type: ign
                     "rollback_of": None,
                     "deleted": False,
                 }
-                batch.append(NewEvent(stream, versions[stream], data, ACTOR))
+                batch.append(NewEvent(stream, versions[stream], data, ACTOR, type=CONFIG_CHANGED))
                 versions[stream] += 1
                 documents[stream] = new
                 written += 1

@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     proj = commands.add_parser("projections", help="inspect and rebuild read models")
     proj_commands = proj.add_subparsers(title="projection commands", metavar="ACTION")
     rebuild = proj_commands.add_parser("rebuild", help="replay every event into a projection")
-    rebuild.add_argument("name", choices=["current", "snapshots", "audit"])
+    rebuild.add_argument("name", choices=_projection_names())
     rebuild.set_defaults(handler=_projections_rebuild)
     verify = proj_commands.add_parser("verify", help="check `current` against a fresh fold")
     verify.set_defaults(handler=_projections_verify)
@@ -123,6 +123,12 @@ def _parser() -> argparse.ArgumentParser:
     audit_verify = audit_commands.add_parser("verify", help="walk and check the hash chain")
     audit_verify.set_defaults(handler=_audit_verify)
     return parser
+
+
+def _projection_names() -> list[str]:
+    from projections.registry import NAMES
+
+    return list(NAMES)
 
 
 def _client() -> Any:
@@ -300,27 +306,15 @@ def _create_admin(args: argparse.Namespace) -> int:
 
 
 def _projections_rebuild(args: argparse.Namespace) -> int:
-    from configsync.db import unit_of_work
-    from projections import current, snapshots
+    from projections.registry import rebuild_one
 
-    with unit_of_work(_session_factory()) as session:
-        if args.name == "current":
-            replayed = current.rebuild(session)
-            print(f"rebuilt current from {replayed} events")
-        elif args.name == "snapshots":
-            written = snapshots.rebuild(session)
-            print(f"rebuilt snapshots: {written} written")
-    if args.name == "audit":
-        from projections.audit import AuditProjection
-        from projections.base import rebuild
-
-        replayed = rebuild(_session_factory(), AuditProjection())
-        print(f"rebuilt audit from {replayed} events")
+    replayed = rebuild_one(_session_factory(), args.name)
+    print(f"rebuilt {args.name} from {replayed} events")
     return 0
 
 
 def _projections_status(args: argparse.Namespace) -> int:
-    from projections import status_all
+    from projections.registry import status_all
 
     session = _session_factory()()
     try:

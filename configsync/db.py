@@ -1,4 +1,4 @@
-"""Engine, sessions, and the post-commit hooks of a unit of work.
+"""Engine, sessions, and the unit of work: commit (then the after-commit work) or roll back.
 
 Two dialects are supported: PostgreSQL (production) and SQLite (the embedded default). Everything
 dialect-specific about connections lives here; the store adds only its lock statements.
@@ -64,10 +64,28 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    lock_timeout: float | None = None,
+    idle_in_transaction_timeout: float | None = None,
+    **kwargs: Any,
+) -> Engine:
+    """An engine for `url`. On PostgreSQL, the timeouts (seconds) bound how long a statement
+    waits for a lock and how long a transaction may sit idle: one stuck transaction then
+    cannot hold every writer forever (SQLite bounds its lock waits with busy_timeout)."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
         return _sqlite_engine(url, **kwargs)
+    options = []
+    if lock_timeout:
+        options.append(f"-c lock_timeout={int(lock_timeout * 1000)}")
+    if idle_in_transaction_timeout:
+        options.append(
+            f"-c idle_in_transaction_session_timeout={int(idle_in_transaction_timeout * 1000)}"
+        )
+    if options:
+        kwargs.setdefault("connect_args", {})["options"] = " ".join(options)
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)

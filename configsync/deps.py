@@ -1,4 +1,11 @@
-"""Request-scoped dependencies: the session, the settings, the caller."""
+"""Request-scoped dependencies every domain shares: the unit of work and the settings.
+
+Endpoints never commit. `SessionDep` is the request's unit of work: when the endpoint returns,
+it commits (then runs the after-commit work: task dispatch, cache invalidation, waking long
+polls); when the endpoint raises, it rolls back. `scope="function"` makes that happen before the
+response starts, so a write is acknowledged only once it is durable, and a commit that fails
+is answered as an error, never as a success that was then lost.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +14,20 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from configsync.auth.authenticator import Authenticator, credentials
-from configsync.auth.permissions import Caller
-from configsync.configs.documents import Limits
-from configsync.configs.service import WriteContext
-from configsync.db import rollback
+from configsync.db import unit_of_work
 from configsync.settings import Settings
 
 
+def session_factory(request: Request) -> sessionmaker[Session]:
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    return factory
+
+
 def get_session(request: Request) -> Iterator[Session]:
-    """A session for the request; endpoints that write call configsync.db.commit themselves."""
-    session: Session = request.app.state.session_factory()
-    try:
+    with unit_of_work(session_factory(request)) as session:
         yield session
-    finally:
-        if session.in_transaction():
-            rollback(session)
-        session.close()
 
 
 def get_settings(request: Request) -> Settings:
@@ -33,20 +35,8 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
-def get_authenticator(request: Request) -> Authenticator:
-    authenticator: Authenticator = request.app.state.authenticator
-    return authenticator
-
-
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-
-
-def get_caller(request: Request, session: SessionDep) -> Caller:
-    return get_authenticator(request).resolve(session, credentials(request.headers))
-
-
-CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
 def request_id(request: Request) -> str:
@@ -54,20 +44,5 @@ def request_id(request: Request) -> str:
     return rid or uuid.uuid4().hex
 
 
-def write_context(request: Request, caller: Caller) -> WriteContext:
-    settings = get_settings(request)
-    return WriteContext(
-        actor=caller.actor(),
-        request_id=request_id(request),
-        client=(request.headers.get("user-agent") or "")[:200] or None,
-        limits=limits(settings),
-        max_reason_length=settings.max_reason_length,
-    )
-
-
-def limits(settings: Settings) -> Limits:
-    return Limits(
-        max_bytes=settings.max_document_bytes,
-        max_keys=settings.max_document_keys,
-        max_depth=settings.max_document_depth,
-    )
+def client_name(request: Request) -> str | None:
+    return (request.headers.get("user-agent") or "")[:200] or None

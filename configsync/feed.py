@@ -1,9 +1,10 @@
 """The change feed: PostgreSQL LISTEN/NOTIFY keeps every API process's caches coherent.
 
 A write announces what changed inside its own transaction (`pg_notify` is transactional: the
-message goes out on commit, and never for a rolled-back write), and to its own process right
-after commit. Every process runs one listener thread; while it is not connected the caches are
-switched off, and on every (re)connection they are emptied, since messages may have been missed.
+message goes out on commit, and never for a rolled-back write); its own process hears of it from
+the write path's listeners right after commit. Messages are typed values with one encoding.
+Every process runs one listener thread; while it is not connected the caches are switched off,
+and on every (re)connection they are emptied, since messages may have been missed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import logging
 import os
 import select
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import psycopg2
 import psycopg2.extensions
@@ -20,38 +22,63 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from configsync.db import after_commit
-
 log = logging.getLogger(__name__)
 
 CHANNEL = "configsync_changes"
-# Sessions whose info carries this key call it with each announced payload after commit.
-LOCAL_LISTENER = "configsync.local_changes"
 
 
-def announce(session: Session, payload: str) -> None:
-    """Tell every process, once this transaction commits, that `payload` changed."""
-    notify(session, [payload])
-    announce_locally(session, payload)
+@dataclass(frozen=True, slots=True)
+class ConfigMoved:
+    """A config got a new version (written, deleted, rolled back...)."""
+
+    service: str
+    environment: str
+    version: int
 
 
-def notify(session: Session, payloads: list[str]) -> None:
-    """The other processes' part of `announce`: messages that go out when `session` commits."""
-    if payloads and session.get_bind().dialect.name == "postgresql":
+@dataclass(frozen=True, slots=True)
+class KeyRevoked:
+    """An API key stopped working: every process drops it from its cache."""
+
+    key_hash: str
+
+
+Message = ConfigMoved | KeyRevoked
+
+
+def encode(message: Message) -> str:
+    if isinstance(message, ConfigMoved):
+        return f"config:{message.service}/{message.environment}:{message.version}"
+    return f"key:{message.key_hash}"
+
+
+def decode(payload: str) -> Message | None:
+    """The message a payload carries; None for one this version does not know."""
+    kind, _, rest = payload.partition(":")
+    if kind == "key" and rest:
+        return KeyRevoked(rest)
+    if kind == "config":
+        stream, _, version = rest.rpartition(":")
+        service, _, environment = stream.partition("/")
+        if service and environment and version.isdigit():
+            return ConfigMoved(service, environment, int(version))
+    return None
+
+
+def notify(session: Session, messages: Sequence[Message]) -> None:
+    """Tell the other processes, once `session`'s transaction commits (never if it rolls back).
+
+    `pg_notify` is transactional; on SQLite, which has no feed, there are no other processes
+    that cache anything. This process learns of its own writes from the write path's listeners.
+    """
+    if messages and session.get_bind().dialect.name == "postgresql":
         session.execute(
             text(
                 "SELECT pg_notify(:channel, payload)"
                 " FROM unnest(CAST(:payloads AS text[])) AS payload"
             ),
-            {"channel": CHANNEL, "payloads": payloads},
+            {"channel": CHANNEL, "payloads": [encode(m) for m in messages]},
         )
-
-
-def announce_locally(session: Session, payload: str) -> None:
-    """This process's part of `announce`, after `session` commits."""
-    local = session.info.get(LOCAL_LISTENER)
-    if local is not None:
-        after_commit(session, lambda: local(payload))
 
 
 class ChangeFeed:
@@ -60,7 +87,7 @@ class ChangeFeed:
     def __init__(
         self,
         database_url: str,
-        on_message: Callable[[str], None],
+        on_message: Callable[[Message], None],
         on_connected: Callable[[], None],
         on_disconnected: Callable[[], None],
     ) -> None:
@@ -115,6 +142,8 @@ class ChangeFeed:
                     continue
                 conn.poll()
                 while conn.notifies:
-                    self._on_message(conn.notifies.pop(0).payload)
+                    message = decode(conn.notifies.pop(0).payload)
+                    if message is not None:
+                        self._on_message(message)
         finally:
             conn.close()

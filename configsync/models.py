@@ -4,9 +4,5 @@ from __future__ import annotations
 
 
 def import_all_models() -> None:
-    import configsync.auth.models
-    import configsync.configs.models
-    import configsync.events.models  # noqa: F401
     import projections.base
-    import projections.current
-    import projections.snapshots  # noqa: F401
+    import projections.registry  # noqa: F401  (every projection, and so its tables)

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     # PostgreSQL only: concurrent writes of one API process share transactions and commits
     # (configsync.events.group). Off: each write commits alone.
     group_commit: bool = True
+    # PostgreSQL, API processes: how long a statement waits for a lock (the append and stream
+    # locks included) before the request fails with 503, and how long a transaction may sit idle
+    # before the server ends it. One stuck transaction cannot hold every writer forever.
+    lock_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    idle_in_transaction_timeout_seconds: float = Field(60.0, gt=0, le=3600)
     # Tests only: seconds to sleep inside each projection batch, before it commits, so a test
     # can kill a worker in the middle of one.
     debug_batch_delay: float = Field(0.0, ge=0)

@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from configsync.db import make_engine, make_session_factory
 from configsync.events import StoredEvent
 from configsync.settings import Settings, get_settings
-from projections.audit import AuditFile, AuditProjection
-from projections.base import catch_up
+from projections.audit import AuditFile
+from projections.registry import catch_up_all
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +80,17 @@ runtime = _Runtime()
 
 
 def run_projections(factory: sessionmaker[Session], settings: Settings) -> dict[str, int]:
-    """Catch every asynchronous projection up: the audit table, then the audit file."""
+    """Catch every asynchronous projection up (projections.registry), then the audit file."""
     delay = settings.debug_batch_delay
 
     def pause(_events: Sequence[StoredEvent]) -> None:
         if delay:
             time.sleep(delay)
 
-    applied = catch_up(
-        factory, AuditProjection(), batch_size=settings.projection_batch_size, on_batch=pause
-    )
+    applied = catch_up_all(factory, batch_size=settings.projection_batch_size, on_batch=pause)
     with factory() as session:
         written = AuditFile(settings.audit_log).catch_up(session)
-    return {"audit": applied, "audit_file": written}
+    return {**applied, "audit_file": written}
 
 
 @celery_app.task(name=CATCH_UP)

@@ -16,13 +16,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, String, Table, Text, delete, insert, select
+from sqlalchemy import BigInteger, Index, Integer, String, Table, Text, delete, insert, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from configsync.configs.documents import summarize
-from configsync.configs.service import action_of
 from configsync.db import Base, UTCDateTime
-from configsync.events import StoredEvent, format_instant, split_stream
+from configsync.domain.events import CONFIG_CHANGED, ConfigChanged, split_stream, summarize
+from configsync.events import StoredEvent, format_instant
 from configsync.events.canonical import canonical_json, loads
 
 NAME = "audit"
@@ -30,6 +29,7 @@ NAME = "audit"
 
 class AuditRow(Base):
     __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_service", "service", "environment"),)
 
     position: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     event_id: Mapped[str] = mapped_column(String(36), unique=True)
@@ -37,7 +37,7 @@ class AuditRow(Base):
     actor_kind: Mapped[str] = mapped_column(String(16))
     actor_id: Mapped[str] = mapped_column(String(64))
     actor_name: Mapped[str] = mapped_column(String(320), index=True)
-    service: Mapped[str] = mapped_column(String(63), index=True)
+    service: Mapped[str] = mapped_column(String(63))
     environment: Mapped[str] = mapped_column(String(63))
     version: Mapped[int] = mapped_column(Integer)
     action: Mapped[str] = mapped_column(String(16))
@@ -50,6 +50,7 @@ class AuditRow(Base):
 def row_values(event: StoredEvent) -> dict[str, Any]:
     service, environment = split_stream(event.stream)
     actor = event.metadata.get("actor") or {}
+    payload = ConfigChanged.from_data(event.data, event.version)
     return {
         "position": event.position,
         "event_id": event.event_id,
@@ -60,10 +61,10 @@ def row_values(event: StoredEvent) -> dict[str, Any]:
         "service": service,
         "environment": environment,
         "version": event.version,
-        "action": action_of(event),
-        "summary": summarize(event.data["changes"]),
-        "reason": event.data.get("reason"),
-        "changes": canonical_json(event.data["changes"]),
+        "action": payload.action,
+        "summary": summarize(payload.changes),
+        "reason": payload.reason,
+        "changes": canonical_json(payload.changes),
         "hash": event.hash,
     }
 
@@ -88,6 +89,7 @@ def as_item(row: AuditRow) -> dict[str, Any]:
 
 class AuditProjection:
     name = NAME
+    handles = frozenset({CONFIG_CHANGED})
 
     def apply(self, session: Session, events: Sequence[StoredEvent]) -> None:
         # A plain INSERT: the runner's checkpoint lock means a position is never applied twice,

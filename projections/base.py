@@ -44,9 +44,14 @@ def move_checkpoint(session: Session, name: str, position: int) -> None:
 
 
 class Projection(Protocol):
-    """A read model applied asynchronously, in global order, from its checkpoint on."""
+    """A read model applied asynchronously, in global order, from its checkpoint on.
+
+    It is given only the events whose type it `handles`; the others (event types added after
+    it was written) are passed over, and the checkpoint moves past them all the same.
+    """
 
     name: str
+    handles: frozenset[str]
 
     def apply(self, session: Session, events: Sequence[StoredEvent]) -> None:
         """Write the rows for `events` (in position order), in the caller's transaction."""
@@ -97,7 +102,7 @@ def catch_up(
             if not events:
                 session.rollback()
                 return applied
-            projection.apply(session, events)
+            _apply(session, projection, events)
             if on_batch is not None:
                 on_batch(events)
             move_checkpoint(session, projection.name, events[-1].position)
@@ -121,7 +126,7 @@ def rebuild(
         replayed = 0
         last = 0
         for batch in _batches(session, batch_size):
-            projection.apply(session, batch)
+            _apply(session, projection, batch)
             replayed += len(batch)
             last = batch[-1].position
         upsert(
@@ -133,6 +138,12 @@ def rebuild(
         )
         session.commit()
     return replayed
+
+
+def _apply(session: Session, projection: Projection, events: Sequence[StoredEvent]) -> None:
+    handled = [event for event in events if event.type in projection.handles]
+    if handled:
+        projection.apply(session, handled)
 
 
 def _batches(session: Session, size: int) -> Iterator[list[StoredEvent]]:

@@ -15,19 +15,21 @@ from typing import Any
 from sqlalchemy import BigInteger, Boolean, Integer, String, Text, delete, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from configsync.configs.documents import (
+from configsync.db import Base, UTCDateTime, upsert
+from configsync.domain.documents import (
     Document,
     apply_changes,
     copy_document,
     documents_equal,
     fold,
 )
-from configsync.db import Base, UTCDateTime, upsert
-from configsync.events import StoredEvent, iter_rows, read_stream, split_stream, stream_name
+from configsync.domain.events import CONFIG_CHANGED, split_stream, stream_name
+from configsync.events import StoredEvent, iter_rows, read_stream
 from configsync.events.canonical import canonical_json, loads
 from configsync.events.models import EventRow
 
 NAME = "current"
+HANDLES = frozenset({CONFIG_CHANGED})
 
 
 class ConfigCurrentRow(Base):
@@ -97,8 +99,9 @@ def apply_all(session: Session, appended: Sequence[tuple[StoredEvent, str]]) -> 
     The documents are serialized by the caller, before the append: this runs under the append
     lock, where every millisecond is one that no other writer can use.
     """
-    if appended:
-        _write(session, [_row_values(event, document_json) for event, document_json in appended])
+    rows = [_row_values(e, document_json) for e, document_json in appended if e.type in HANDLES]
+    if rows:
+        _write(session, rows)
 
 
 def _row_values(event: StoredEvent, document_json: str) -> dict[str, Any]:
@@ -135,6 +138,8 @@ def rebuild(session: Session, *, batch_size: int = 5000) -> int:
     documents: dict[str, Document] = {}
     replayed = 0
     for row in iter_rows(session, batch_size=batch_size):
+        if row.type not in HANDLES:
+            continue
         documents[row.stream] = apply_changes(
             documents.get(row.stream, {}), loads(row.data)["changes"]
         )
@@ -160,9 +165,11 @@ def verify(session: Session) -> list[Mismatch]:
     """Compare every stream's `current` row with a fresh fold of its events."""
     mismatches: list[Mismatch] = []
     rows = {stream_name(c.service, c.environment): c for c in read_all(session)}
-    streams = session.scalars(select(func.distinct(EventRow.stream))).all()
+    streams = session.scalars(
+        select(func.distinct(EventRow.stream)).where(EventRow.type.in_(HANDLES))
+    ).all()
     for stream in sorted(set(streams) | set(rows)):
-        folded = fold(read_stream(session, stream))
+        folded = fold(e for e in read_stream(session, stream) if e.type in HANDLES)
         row = rows.get(stream)
         if row is None:
             mismatches.append(Mismatch(stream, "missing from the projection"))

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from sqlalchemy import Integer, String, Text, delete, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from configsync.configs.documents import Document, apply_changes
 from configsync.db import Base, upsert
+from configsync.domain.documents import Document, apply_changes
+from configsync.domain.events import CONFIG_CHANGED
 from configsync.events import StoredEvent, iter_rows
 from configsync.events.canonical import canonical_json, loads
 
 NAME = "snapshots"
+HANDLES = frozenset({CONFIG_CHANGED})
 SNAPSHOT_EVERY = 100
 
 
@@ -46,7 +48,7 @@ def apply_all(session: Session, appended: Sequence[tuple[StoredEvent, str]]) -> 
     rows: list[dict[str, object]] = [
         {"stream": event.stream, "version": event.version, "data": document_json}
         for event, document_json in appended
-        if due(event.version)
+        if event.type in HANDLES and due(event.version)
     ]
     if rows:
         _write(session, rows)
@@ -71,6 +73,8 @@ def rebuild(session: Session) -> int:
     documents: dict[str, Document] = {}
     rows: list[dict[str, object]] = []
     for event in iter_rows(session):
+        if event.type not in HANDLES:
+            continue
         documents[event.stream] = apply_changes(
             documents.get(event.stream, {}), loads(event.data)["changes"]
         )

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
-from configsync.configs.documents import documents_equal
 from configsync.configs.rendering import NotRenderable, dotenv_string, render_dotenv, render_yaml
+from configsync.domain.documents import documents_equal
 from tests.conftest import Api, eventually, make_api
 from tests.strategies import documents
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from configsync.configs.documents import apply_changes, copy_document, documents_equal
+from configsync.domain.documents import apply_changes, copy_document, documents_equal
 from tests.conftest import Api
 from tests.strategies import documents
 

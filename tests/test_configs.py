@@ -12,10 +12,11 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from configsync.auth.models import UserRow
-from configsync.configs import service
-from configsync.configs.documents import Limits, documents_equal, fold
-from configsync.configs.service import Actor, WriteContext
+from configsync.configs import commands, queries
+from configsync.configs.commands import WriteContext
 from configsync.db import unit_of_work
+from configsync.domain.actor import Actor
+from configsync.domain.documents import Limits, documents_equal, fold
 from configsync.errors import (
     Deleted,
     DocumentTooLarge,
@@ -60,7 +61,7 @@ def test_folding_stored_events_reproduces_every_distinct_document_written(
     name = f"svc-{uuid.uuid4().hex[:12]}"
     distinct: list[dict[str, Any]] = []
     for doc in docs:
-        result = write(sessions, service.replace, name, "prod", doc, CTX)
+        result = write(sessions, commands.replace, name, "prod", doc, CTX)
         if not distinct or not documents_equal(distinct[-1], doc):
             distinct.append(doc)
             assert result.changed and result.version == len(distinct)
@@ -72,7 +73,7 @@ def test_folding_stored_events_reproduces_every_distinct_document_written(
         assert len(events) == len(distinct)
         for n, expected in enumerate(distinct, start=1):
             assert documents_equal(fold(events[:n]).document, expected)
-            assert documents_equal(service.get_version(s, name, "prod", n).document, expected)
+            assert documents_equal(queries.get_version(s, name, "prod", n).document, expected)
         row = current.read(s, name, "prod")
         assert row is not None and row.version == len(distinct)
         assert documents_equal(row.document, distinct[-1])
@@ -81,36 +82,36 @@ def test_folding_stored_events_reproduces_every_distinct_document_written(
 def test_a_write_that_changes_nothing_appends_nothing(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:
-    first = write(sessions, service.replace, "pay", "prod", {"A": 1}, CTX)
-    again = write(sessions, service.replace, "pay", "prod", {"A": 1}, CTX)
-    patched = write(sessions, service.patch, "pay", "prod", {"A": 1}, CTX)
+    first = write(sessions, commands.replace, "pay", "prod", {"A": 1}, CTX)
+    again = write(sessions, commands.replace, "pay", "prod", {"A": 1}, CTX)
+    patched = write(sessions, commands.patch, "pay", "prod", {"A": 1}, CTX)
     assert first.created and first.changed and first.version == 1
     assert (again.changed, again.version, patched.changed) == (False, 1, False)
     assert scalar(engine, "SELECT count(*) FROM events") == 1
     # 1 and 1.0 are different JSON values: that is a change
-    assert write(sessions, service.replace, "pay", "prod", {"A": 1.0}, CTX).version == 2
+    assert write(sessions, commands.replace, "pay", "prod", {"A": 1.0}, CTX).version == 2
 
 
 def test_patch_merges_and_delete_then_recreate_keeps_counting(
     sessions: sessionmaker[Session],
 ) -> None:
-    write(sessions, service.replace, "pay", "prod", {"A": 1, "B": {"x": 1, "y": 2}}, CTX)
+    write(sessions, commands.replace, "pay", "prod", {"A": 1, "B": {"x": 1, "y": 2}}, CTX)
     patched = write(
-        sessions, service.patch, "pay", "prod", {"B": {"y": None, "z": 3}, "C": [1]}, CTX
+        sessions, commands.patch, "pay", "prod", {"B": {"y": None, "z": 3}, "C": [1]}, CTX
     )
     assert patched.document == {"A": 1, "B": {"x": 1, "z": 3}, "C": [1]}
 
-    deleted = write(sessions, service.delete, "pay", "prod", CTX, reason="retired")
+    deleted = write(sessions, commands.delete, "pay", "prod", CTX, reason="retired")
     assert deleted.version == 3 and deleted.deleted
     with sessions() as s:
         with pytest.raises(Deleted) as caught:
-            service.get(s, "pay", "prod")
+            queries.get(s, "pay", "prod")
         assert caught.value.deleted_at_version == 3
-        assert service.get_version(s, "pay", "prod", 2).document == patched.document
+        assert queries.get_version(s, "pay", "prod", 2).document == patched.document
     with pytest.raises(Deleted):
-        write(sessions, service.delete, "pay", "prod", CTX)
+        write(sessions, commands.delete, "pay", "prod", CTX)
 
-    recreated = write(sessions, service.replace, "pay", "prod", {"A": 2}, CTX)
+    recreated = write(sessions, commands.replace, "pay", "prod", {"A": 2}, CTX)
     assert recreated.created and recreated.version == 4
     with sessions() as s:
         events = read_stream(s, "pay/prod")
@@ -121,7 +122,7 @@ def test_patch_merges_and_delete_then_recreate_keeps_counting(
             "request_id": "r1",
             "client": None,
         }
-        assert service.get(s, "pay", "prod").document == {"A": 2}
+        assert queries.get(s, "pay", "prod").document == {"A": 2}
         assert verify_chain(s).ok
 
 
@@ -129,17 +130,17 @@ def test_expected_version_guards_every_kind_of_write(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:
     with pytest.raises(VersionConflict):
-        write(sessions, service.replace, "pay", "prod", {"A": 1}, CTX, expected_version=1)
-    write(sessions, service.replace, "pay", "prod", {"A": 1}, CTX, expected_version=0)
+        write(sessions, commands.replace, "pay", "prod", {"A": 1}, CTX, expected_version=1)
+    write(sessions, commands.replace, "pay", "prod", {"A": 1}, CTX, expected_version=0)
     with pytest.raises(VersionConflict):
-        write(sessions, service.replace, "pay", "prod", {"A": 2}, CTX, expected_version=0)
+        write(sessions, commands.replace, "pay", "prod", {"A": 2}, CTX, expected_version=0)
     with pytest.raises(VersionConflict):
-        write(sessions, service.patch, "pay", "prod", {"A": 2}, CTX, expected_version=2)
+        write(sessions, commands.patch, "pay", "prod", {"A": 2}, CTX, expected_version=2)
     with pytest.raises(VersionConflict):
-        write(sessions, service.delete, "pay", "prod", CTX, expected_version=5)
+        write(sessions, commands.delete, "pay", "prod", CTX, expected_version=5)
     assert scalar(engine, "SELECT count(*) FROM events") == 1
     assert (
-        write(sessions, service.patch, "pay", "prod", {"A": 2}, CTX, expected_version=1).version
+        write(sessions, commands.patch, "pay", "prod", {"A": 2}, CTX, expected_version=1).version
         == 2
     )
 
@@ -161,7 +162,7 @@ def test_bad_input_raises_a_clear_error_and_appends_nothing(
 ) -> None:
     ctx = WriteContext(actor=CTX.actor, limits=Limits(max_bytes=4096, max_keys=20, max_depth=4))
     with pytest.raises(error):
-        write(sessions, service.replace, svc, env, doc, ctx)
+        write(sessions, commands.replace, svc, env, doc, ctx)
     assert scalar(engine, "SELECT count(*) FROM events") == 0
     assert scalar(engine, "SELECT count(*) FROM config_current") == 0
 
@@ -170,29 +171,29 @@ def test_a_patch_that_would_break_a_limit_appends_nothing(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:
     ctx = WriteContext(actor=CTX.actor, limits=Limits(max_bytes=4096, max_keys=3, max_depth=4))
-    write(sessions, service.replace, "pay", "prod", {"A": 1, "B": 2}, ctx)
+    write(sessions, commands.replace, "pay", "prod", {"A": 1, "B": 2}, ctx)
     with pytest.raises(InvalidDocument, match="limit is 3"):
-        write(sessions, service.patch, "pay", "prod", {"C": 3, "D": 4}, ctx)
+        write(sessions, commands.patch, "pay", "prod", {"C": 3, "D": 4}, ctx)
     with pytest.raises(InvalidInput, match="reason"):
-        write(sessions, service.patch, "pay", "prod", {"C": 3}, ctx, reason="x" * 1001)
+        write(sessions, commands.patch, "pay", "prod", {"C": 3}, ctx, reason="x" * 1001)
     assert scalar(engine, "SELECT count(*) FROM events") == 1
 
 
 def test_reads_of_the_past_by_version_and_instant(sessions: sessionmaker[Session]) -> None:
-    v1 = write(sessions, service.replace, "pay", "prod", {"A": 1}, CTX)
-    v2 = write(sessions, service.replace, "pay", "prod", {"A": 2}, CTX)
+    v1 = write(sessions, commands.replace, "pay", "prod", {"A": 1}, CTX)
+    v2 = write(sessions, commands.replace, "pay", "prod", {"A": 2}, CTX)
     with sessions() as s:
-        assert service.get_as_of(s, "pay", "prod", v1.updated_at).document == {"A": 1}
-        assert service.get_as_of(s, "pay", "prod", v2.updated_at).version == 2
+        assert queries.get_as_of(s, "pay", "prod", v1.updated_at).document == {"A": 1}
+        assert queries.get_as_of(s, "pay", "prod", v2.updated_at).version == 2
         with pytest.raises(NotFound):
-            service.get_version(s, "pay", "prod", 3)
+            queries.get_version(s, "pay", "prod", 3)
         with pytest.raises(NotFound):
-            service.get(s, "nope", "prod")
+            queries.get(s, "nope", "prod")
 
 
 def test_first_write_records_the_owner(sessions: sessionmaker[Session]) -> None:
-    write(sessions, service.replace, "pay", "prod", {"A": 1}, CTX)
+    write(sessions, commands.replace, "pay", "prod", {"A": 1}, CTX)
     other = WriteContext(actor=Actor(kind="user", id="u2", name="other@example.com"))
-    write(sessions, service.replace, "pay", "staging", {"A": 1}, other)
+    write(sessions, commands.replace, "pay", "staging", {"A": 1}, other)
     with sessions() as s:
-        assert service.service_owner(s, "pay") == "u1"
+        assert queries.service_owner(s, "pay")[1] == "u1"

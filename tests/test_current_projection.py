@@ -9,9 +9,10 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from configsync.auth.models import UserRow
-from configsync.configs import service
-from configsync.configs.service import Actor, WriteContext
+from configsync.configs import commands
+from configsync.configs.commands import WriteContext
 from configsync.db import unit_of_work
+from configsync.domain.actor import Actor
 from projections import current
 from tests.conftest import clean_env, cli
 
@@ -30,11 +31,11 @@ def _history(sessions: sessionmaker[Session]) -> None:
         s.add(UserRow(id="u1", email="u1@example.com", password_hash="x", role="user"))
     for i in range(6):
         with unit_of_work(sessions) as s:
-            service.replace(s, f"svc{i % 3}", "prod", {"N": i, "nested": {"k": [i]}}, CTX)
+            commands.replace(s, f"svc{i % 3}", "prod", {"N": i, "nested": {"k": [i]}}, CTX)
     with unit_of_work(sessions) as s:
-        service.patch(s, "svc0", "staging", {"A": 1}, CTX)
+        commands.patch(s, "svc0", "staging", {"A": 1}, CTX)
     with unit_of_work(sessions) as s:
-        service.delete(s, "svc1", "prod", CTX)
+        commands.delete(s, "svc1", "prod", CTX)
 
 
 def test_rebuild_after_deleting_the_rows_gives_back_the_same_rows(

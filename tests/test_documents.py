@@ -9,17 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from configsync.configs.documents import (
+from configsync.domain.documents import (
     Limits,
     apply_changes,
     compute_changes,
     copy_document,
     documents_equal,
     merge_patch,
-    summarize,
     validate_document,
-    validate_name,
 )
+from configsync.domain.events import summarize
+from configsync.domain.names import validate_name
 from configsync.errors import DocumentTooLarge, InvalidDocument, InvalidName
 from tests.strategies import documents, patches, values
 

@@ -13,8 +13,9 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from configsync.configs.service import GROUP_COMMIT, ReadyWrite, record
+from configsync.configs.commands import ReadyWrite, record
 from configsync.db import make_engine, make_session_factory
+from configsync.domain.events import CONFIG_CHANGED
 from configsync.errors import AlreadyExists, VersionConflict
 from configsync.events import NewEvent, StoredEvent, append_batch, read_after, verify_chain
 from configsync.events.canonical import canonical_json
@@ -67,7 +68,9 @@ def _submit_behind_a_held_batch(
 ) -> list[StoredEvent | Exception]:
     """Submit `items` while a first batch (of another item) is held: they make one batch."""
     with ThreadPoolExecutor(max_workers=1) as lead:
-        first = lead.submit(group.submit, NewEvent("lead/prod", 0, _data(0), ACTOR))
+        first = lead.submit(
+            group.submit, NewEvent("lead/prod", 0, _data(0), ACTOR, type=CONFIG_CHANGED)
+        )
         assert holding.wait(5)
         outcomes = _submit_all(group, items)
         assert first.result().stream == "lead/prod"
@@ -94,7 +97,7 @@ def test_concurrent_appends_share_commits_and_stay_gapless(
     def writer(w: int) -> list[int]:
         stream, expected, versions = f"svc-{w}/prod", 0, []
         for i in range(per_writer):
-            event = group.submit(NewEvent(stream, expected, _data(i), ACTOR))
+            event = group.submit(NewEvent(stream, expected, _data(i), ACTOR, type=CONFIG_CHANGED))
             expected = event.version
             versions.append(event.version)
         return versions
@@ -117,7 +120,9 @@ def test_a_lone_writer_commits_at_once_and_is_durable_on_return(
 ) -> None:
     group: Appends = GroupCommit(commit_sessions, append_batch)
     for version in range(5):
-        event = group.submit(NewEvent("pay/prod", version, _data(version), ACTOR))
+        event = group.submit(
+            NewEvent("pay/prod", version, _data(version), ACTOR, type=CONFIG_CHANGED)
+        )
         # Another connection sees it at once: submit returns after the commit, not before.
         assert scalar(pg, "SELECT max(position) FROM events") == event.position
     assert (group.transactions, group.items) == (5, 5)
@@ -127,14 +132,14 @@ def test_a_stale_item_fails_alone_and_its_batch_commits(
     pg: Engine, commit_sessions: sessionmaker[Session]
 ) -> None:
     with make_session_factory(pg)() as s:
-        append_batch(s, [NewEvent("pay/prod", 0, _data(0), ACTOR)])
+        append_batch(s, [NewEvent("pay/prod", 0, _data(0), ACTOR, type=CONFIG_CHANGED)])
         s.commit()
     group, holding = _held_first_batch(commit_sessions, append_batch, until_waiting=4)
     items = [
-        NewEvent("web/prod", 0, _data(1), ACTOR),
-        NewEvent("pay/prod", 0, _data(2), ACTOR),  # stale
-        NewEvent("api/prod", 0, _data(3), ACTOR),
-        NewEvent("ops/prod", 0, _data(4), ACTOR),
+        NewEvent("web/prod", 0, _data(1), ACTOR, type=CONFIG_CHANGED),
+        NewEvent("pay/prod", 0, _data(2), ACTOR, type=CONFIG_CHANGED),  # stale
+        NewEvent("api/prod", 0, _data(3), ACTOR, type=CONFIG_CHANGED),
+        NewEvent("ops/prod", 0, _data(4), ACTOR, type=CONFIG_CHANGED),
     ]
     outcomes = _submit_behind_a_held_batch(group, holding, items)
 
@@ -163,7 +168,10 @@ def test_an_item_that_breaks_its_batch_is_run_alone_so_the_others_commit(
         return outcomes
 
     group, holding = _held_first_batch(commit_sessions, append_or_break, until_waiting=4)
-    items = [NewEvent(f"{name}/prod", 0, _data(1), ACTOR) for name in ("web", "pay", "api", "ops")]
+    items = [
+        NewEvent(f"{name}/prod", 0, _data(1), ACTOR, type=CONFIG_CHANGED)
+        for name in ("web", "pay", "api", "ops")
+    ]
     outcomes = _submit_behind_a_held_batch(group, holding, items)
 
     failed = [o for o in outcomes if isinstance(o, Exception)]
@@ -215,7 +223,10 @@ def test_a_failed_commit_fails_every_item_of_its_batch_and_runs_none_again(
         return outcomes
 
     group, holding = _held_first_batch(commit_sessions, append_and_probe, until_waiting=3)
-    items = [NewEvent(f"{name}/prod", 0, _data(1), ACTOR) for name in ("a", "bad", "c")]
+    items = [
+        NewEvent(f"{name}/prod", 0, _data(1), ACTOR, type=CONFIG_CHANGED)
+        for name in ("a", "bad", "c")
+    ]
     outcomes = _submit_behind_a_held_batch(group, holding, items)
 
     assert all(isinstance(o, DBAPIError) and "refused at commit" in str(o) for o in outcomes)
@@ -228,7 +239,9 @@ def _ready(service: str, owner: str | None, *, expected: int = 0) -> ReadyWrite:
     changes = [{"op": "add", "path": ["COUNTER"], "value": 1}]
     data = {"action": "created", "changes": changes, "reason": None, "rollback_of": None}
     return ReadyWrite(
-        event=NewEvent(f"{service}/prod", expected, {**data, "deleted": False}, ACTOR),
+        event=NewEvent(
+            f"{service}/prod", expected, {**data, "deleted": False}, ACTOR, type=CONFIG_CHANGED
+        ),
         document_json=canonical_json(document),
         creates_service=True,
         owner_id=owner,
@@ -260,7 +273,7 @@ def test_a_write_that_lost_the_race_to_create_its_service_is_refused(
 
 
 def test_api_writes_on_postgresql_go_through_the_group_commit(pg_api: Api) -> None:
-    group = pg_api.app.state.session_factory.kw["info"][GROUP_COMMIT]
+    group = pg_api.app.state.runtime.group
     owner = pg_api.person("owner@example.com")
     shared_writes, own_writes = 8, 8
 
@@ -298,7 +311,7 @@ def test_a_batch_that_finds_its_connection_dead_runs_again_on_a_new_one(
 
     group = GroupCommit.for_database(pg_url, append_noting_backend)
     try:
-        group.submit(NewEvent("pay/prod", 0, _data(0), ACTOR))
+        group.submit(NewEvent("pay/prod", 0, _data(0), ACTOR, type=CONFIG_CHANGED))
         assert scalar(pg, "SELECT pg_terminate_backend(:pid)", pid=backends[0])
         eventually(
             lambda: (
@@ -308,7 +321,7 @@ def test_a_batch_that_finds_its_connection_dead_runs_again_on_a_new_one(
             )
         )
 
-        event = group.submit(NewEvent("pay/prod", 1, _data(1), ACTOR))
+        event = group.submit(NewEvent("pay/prod", 1, _data(1), ACTOR, type=CONFIG_CHANGED))
 
         assert event.version == 2
         assert (

@@ -10,6 +10,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from configsync.domain.events import CONFIG_CHANGED
 from configsync.errors import InvalidDocument, InvalidInput, VersionConflict
 from configsync.events import (
     GENESIS_HASH,
@@ -34,7 +35,7 @@ def _data(**changes: Any) -> dict[str, Any]:
 
 def _append(sessions: sessionmaker[Session], stream: str, expected: int, **changes: Any) -> Any:
     with sessions() as s:
-        event = append(s, stream, expected, _data(**changes), ACTOR)
+        event = append(s, stream, expected, _data(**changes), ACTOR, type=CONFIG_CHANGED)
         s.commit()
         return event
 
@@ -64,13 +65,13 @@ def test_stale_expected_version_is_rejected_and_appends_nothing(
     _append(sessions, "pay/prod", 1, A=2)
 
     with sessions() as s, pytest.raises(VersionConflict) as caught:
-        append(s, "pay/prod", 1, _data(A=3), ACTOR)
+        append(s, "pay/prod", 1, _data(A=3), ACTOR, type=CONFIG_CHANGED)
     assert (caught.value.expected, caught.value.actual) == (1, 2)
     assert "expected version 1" in caught.value.detail and "is 2" in caught.value.detail
     assert scalar(engine, "SELECT count(*) FROM events") == 2
 
     with sessions() as s, pytest.raises(VersionConflict):
-        append(s, "new/prod", 3, _data(A=1), ACTOR)
+        append(s, "new/prod", 3, _data(A=1), ACTOR, type=CONFIG_CHANGED)
     assert scalar(engine, "SELECT count(*) FROM events") == 2
 
 
@@ -82,7 +83,7 @@ def test_payloads_must_be_plain_json(sessions: sessionmaker[Session], engine: En
         {"changes": [], "x": "nul\x00"},
     ):
         with sessions() as s, pytest.raises(InvalidDocument):
-            append(s, "pay/prod", 0, bad, ACTOR)
+            append(s, "pay/prod", 0, bad, ACTOR, type=CONFIG_CHANGED)
     assert scalar(engine, "SELECT count(*) FROM events") == 0
 
 
@@ -265,10 +266,14 @@ def test_a_batch_appends_in_order_and_a_stale_item_fails_alone(
 ) -> None:
     _append(sessions, "pay/prod", 0, A=1)
     batch = [
-        NewEvent("web/prod", 0, _data(B=1), ACTOR),
-        NewEvent("pay/prod", 0, _data(C=1), ACTOR),  # stale: pay/prod is at version 1
-        NewEvent("web/prod", 1, _data(D=1), ACTOR),  # expects the version made just above
-        NewEvent("pay/prod", 1, _data(E=1), ACTOR),
+        NewEvent("web/prod", 0, _data(B=1), ACTOR, type=CONFIG_CHANGED),
+        NewEvent(
+            "pay/prod", 0, _data(C=1), ACTOR, type=CONFIG_CHANGED
+        ),  # stale: pay/prod is at version 1
+        NewEvent(
+            "web/prod", 1, _data(D=1), ACTOR, type=CONFIG_CHANGED
+        ),  # expects the version made just above
+        NewEvent("pay/prod", 1, _data(E=1), ACTOR, type=CONFIG_CHANGED),
     ]
     with sessions() as s:
         outcomes = append_batch(s, batch)
@@ -293,7 +298,7 @@ def test_a_batch_appends_in_order_and_a_stale_item_fails_alone(
 def test_new_events_are_checked_when_made(sessions: sessionmaker[Session]) -> None:
     # Made in the writer's thread, before any batch: a bad one never reaches a transaction.
     with pytest.raises(InvalidDocument):
-        NewEvent("web/prod", 0, {"bad": float("nan")}, ACTOR)
+        NewEvent("web/prod", 0, {"bad": float("nan")}, ACTOR, type=CONFIG_CHANGED)
     for stream, expected, type_ in (
         ("web prod", 0, "ConfigChanged"),
         ("web/prod", -1, "ConfigChanged"),

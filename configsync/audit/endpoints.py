@@ -11,15 +11,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from sqlalchemy import Select, select
+from sqlalchemy import Select
 
-from configsync.auth.permissions import ADMIN, AUDITOR, Caller
-from configsync.configs.rendering import dumps, json_response
-from configsync.deps import CallerDep, SessionDep
-from configsync.errors import Forbidden, InvalidInput
+from configsync.audit.queries import filtered, page
+from configsync.auth.deps import AdminDep, AuditorOrAdminDep
+from configsync.deps import SessionDep, session_factory
 from configsync.events import format_instant, read_after, verify_chain
-from projections import status_all
+from configsync.http import dumps, json_response
 from projections.audit import AuditRow, as_item
+from projections.registry import status_all
 
 router = APIRouter(tags=["audit"])
 
@@ -41,44 +41,11 @@ CSV_FIELDS = [
 ]
 
 
-def _require(caller: Caller, *roles: str) -> None:
-    if not (caller.is_person and caller.role in roles):
-        raise Forbidden(f"only {' and '.join(r + 's' for r in roles)} may read this")
-
-
-def _filtered(
-    service: str | None,
-    environment: str | None,
-    actor: str | None,
-    action: str | None,
-    since: datetime | None,
-    until: datetime | None,
-) -> Select[Any]:
-    query = select(AuditRow)
-    for column, value in (
-        (AuditRow.service, service),
-        (AuditRow.environment, environment),
-        (AuditRow.action, action),
-    ):
-        if value is not None:
-            query = query.where(column == value)
-    if actor is not None:
-        query = query.where((AuditRow.actor_name == actor.lower()) | (AuditRow.actor_id == actor))
-    for bound in (since, until):
-        if bound is not None and bound.tzinfo is None:
-            raise InvalidInput("since and until need a time zone, such as 2026-01-01T00:00:00Z")
-    if since is not None:
-        query = query.where(AuditRow.recorded_at >= since)
-    if until is not None:
-        query = query.where(AuditRow.recorded_at <= until)
-    return query.order_by(AuditRow.position)
-
-
 @router.get("/v1/audit")
 def audit_log(
     request: Request,
     session: SessionDep,
-    caller: CallerDep,
+    _caller: AuditorOrAdminDep,
     service: str | None = None,
     environment: str | None = None,
     actor: Annotated[str | None, Query(description="email or id")] = None,
@@ -94,26 +61,23 @@ def audit_log(
     format: Annotated[str | None, Query(pattern="^(jsonl|csv)$")] = None,
 ) -> Response:
     """The audit log in position order, filtered and paged; `format=jsonl|csv` exports it all."""
-    _require(caller, ADMIN, AUDITOR)
-    query = _filtered(service, environment, actor, action, since, until)
+    query = filtered(service, environment, actor, action, since, until)
     if format is not None:
         return _export(request, query, format)
-    if cursor is not None:
-        query = query.where(AuditRow.position > cursor)
-    rows = list(session.scalars(query.limit(limit)))
-    next_cursor = rows[-1].position if len(rows) == limit else None
+    rows, next_cursor = page(session, query, after=cursor, limit=limit)
     return json_response({"items": [as_item(r) for r in rows], "next_cursor": next_cursor})
 
 
 def _export(request: Request, query: Select[Any], fmt: str) -> StreamingResponse:
     """Stream every matching row, a page at a time: never the whole export in memory."""
-    factory = request.app.state.session_factory
+    factory = session_factory(request)
 
     def pages() -> Iterator[list[AuditRow]]:
+        # Its own session: the response streams after the request's unit of work has ended.
         after = -1
         with factory() as session:
             while True:
-                rows = list(session.scalars(query.where(AuditRow.position > after).limit(1000)))
+                rows, _ = page(session, query, after=after, limit=1000)
                 if not rows:
                     return
                 yield rows
@@ -154,9 +118,8 @@ def _csv_row(row: AuditRow) -> dict[str, Any]:
 
 
 @router.get("/v1/audit/verify")
-def audit_verify(session: SessionDep, caller: CallerDep) -> Response:
+def audit_verify(session: SessionDep, _caller: AuditorOrAdminDep) -> Response:
     """Walk the hash chain of every event: ok, how many were checked, the first bad position."""
-    _require(caller, ADMIN, AUDITOR)
     report = verify_chain(session)
     return json_response(
         {
@@ -170,12 +133,11 @@ def audit_verify(session: SessionDep, caller: CallerDep) -> Response:
 @router.get("/v1/events")
 def events_feed(
     session: SessionDep,
-    caller: CallerDep,
+    _caller: AuditorOrAdminDep,
     after: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     """The raw event log in global order, for external consumers: page on with `after`."""
-    _require(caller, ADMIN, AUDITOR)
     events = read_after(session, after, limit)
     items = [
         {
@@ -197,9 +159,8 @@ def events_feed(
 
 
 @router.get("/v1/projections")
-def projections_status(session: SessionDep, caller: CallerDep) -> Response:
+def projections_status(session: SessionDep, _admin: AdminDep) -> Response:
     """Each projection's position and how many events it is behind."""
-    _require(caller, ADMIN)
     rows = status_all(session)
     last = rows[0].last_position
     items = [{"name": r.name, "position": r.position, "lag": r.lag} for r in rows]

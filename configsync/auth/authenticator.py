@@ -50,6 +50,10 @@ class Authenticator:
         self._legacy_key = settings.legacy_api_key
         self.keys: InvalidatingCache[str, KeyRecord] = InvalidatingCache()
 
+    def forget(self, key_hash: str) -> None:
+        """Drop a key from this process's cache (it was revoked)."""
+        self.keys.invalidate(key_hash)
+
     def _is_legacy(self, value: str) -> bool:
         return bool(self._legacy_key) and hmac.compare_digest(
             value.encode(), (self._legacy_key or "").encode()

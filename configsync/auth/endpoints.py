@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import ValidationError
 
 from configsync.auth import service, tokens
+from configsync.auth.deps import AdminDep, AuthenticatorDep, CallerDep
 from configsync.auth.models import ApiKeyRow, UserRow
-from configsync.auth.permissions import Caller
 from configsync.auth.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -23,13 +22,31 @@ from configsync.auth.schemas import (
     UserOut,
     UserUpdate,
 )
-from configsync.configs.rendering import json_response
-from configsync.db import commit
-from configsync.deps import CallerDep, SessionDep
-from configsync.errors import Forbidden, InvalidInput
+from configsync.deps import SessionDep, SettingsDep
+from configsync.errors import InvalidInput
 from configsync.events import format_instant
+from configsync.http import json_response
 
 router = APIRouter(tags=["people and keys"])
+
+
+async def login_form(request: Request) -> tuple[str, str]:
+    """Email and password from a JSON body or an OAuth2 password form."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        form = await request.form()
+        email, password = form.get("username"), form.get("password")
+        if not isinstance(email, str) or not isinstance(password, str):
+            raise InvalidInput("the login form needs 'username' and 'password'")
+        return email, password
+    try:
+        body = Login.model_validate(json.loads(await request.body()))
+    except (ValueError, RecursionError, ValidationError) as exc:
+        raise InvalidInput(f"the body must be JSON with email and password: {exc}") from None
+    return body.email, body.password
+
+
+LoginForm = Annotated[tuple[str, str], Depends(login_form)]
 
 
 def _user(user: UserRow) -> dict[str, Any]:
@@ -56,16 +73,10 @@ def _key(row: ApiKeyRow) -> dict[str, Any]:
     }
 
 
-def _require_admin(caller: Caller) -> None:
-    if not caller.is_admin:
-        raise Forbidden("only admins may do this")
-
-
 @router.post("/auth/signup", status_code=201, response_model=SignedUp)
 def signup(body: Signup, session: SessionDep) -> Response:
     """Create an account (role `user`)."""
     user = service.signup(session, body.email, body.password)
-    commit(session)
     return json_response({"id": user.id, "email": user.email, "role": user.role}, status=201)
 
 
@@ -91,27 +102,10 @@ def signup(body: Signup, session: SessionDep) -> Response:
         }
     },
 )
-async def login(request: Request) -> Response:
+def login(credentials: LoginForm, session: SessionDep, settings: SettingsDep) -> Response:
     """Exchange email and password for an access token (JSON body or OAuth2 password form)."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
-        form = await request.form()
-        email, password = form.get("username"), form.get("password")
-        if not isinstance(email, str) or not isinstance(password, str):
-            raise InvalidInput("the login form needs 'username' and 'password'")
-    else:
-        try:
-            body = Login.model_validate(json.loads(await request.body()))
-        except (ValueError, RecursionError, ValidationError) as exc:
-            raise InvalidInput(f"the body must be JSON with email and password: {exc}") from None
-        email, password = body.email, body.password
-    return await run_in_threadpool(_login, request, email, password)
-
-
-def _login(request: Request, email: str, password: str) -> Response:
-    settings = request.app.state.settings
-    with request.app.state.session_factory() as session:
-        user = service.authenticate(session, email, password)
+    email, password = credentials
+    user = service.authenticate(session, email, password)
     token, lifetime = tokens.issue(
         user.id, user.role, key=settings.signing_key(), minutes=settings.access_token_minutes
     )
@@ -138,18 +132,15 @@ def me(session: SessionDep, caller: CallerDep) -> Response:
 
 
 @router.get("/v1/users", response_model=list[UserOut])
-def list_users(session: SessionDep, caller: CallerDep) -> Response:
+def list_users(session: SessionDep, _admin: AdminDep) -> Response:
     """Every account (admins only)."""
-    _require_admin(caller)
     return json_response([_user(u) for u in service.list_users(session)])
 
 
 @router.patch("/v1/users/{user_id}", response_model=UserOut)
-def update_user(user_id: str, body: UserUpdate, session: SessionDep, caller: CallerDep) -> Response:
+def update_user(user_id: str, body: UserUpdate, session: SessionDep, caller: AdminDep) -> Response:
     """Change an account's role or switch it off (admins only); takes effect on its next request."""
-    _require_admin(caller)
     user = service.update_user(session, caller, user_id, role=body.role, is_active=body.is_active)
-    commit(session)
     return json_response(_user(user))
 
 
@@ -165,7 +156,6 @@ def create_api_key(body: ApiKeyCreate, session: SessionDep, caller: CallerDep) -
         permission=body.permission,
         expires_in_days=body.expires_in_days,
     )
-    commit(session)
     out = _key(row)
     out.pop("revoked")
     return json_response({**out, "key": key}, status=201)
@@ -178,8 +168,9 @@ def list_api_keys(session: SessionDep, caller: CallerDep) -> Response:
 
 
 @router.delete("/v1/api-keys/{key_id}", status_code=204)
-def revoke_api_key(key_id: str, session: SessionDep, caller: CallerDep) -> Response:
+def revoke_api_key(
+    key_id: str, session: SessionDep, caller: CallerDep, authenticator: AuthenticatorDep
+) -> Response:
     """Revoke a key: it stops working on its next request."""
-    service.revoke_api_key(session, caller, key_id)
-    commit(session)
+    service.revoke_api_key(session, caller, key_id, forget=authenticator.forget)
     return Response(status_code=204)

@@ -1,4 +1,4 @@
-"""People (`users`) and service credentials (`api_keys`)."""
+"""People (`users`), who owns each service (`services`) and service credentials (`api_keys`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,18 @@ class UserRow(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16), default="user")
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ServiceRow(Base):
+    """A service and its owner: the first person to write it, unless an admin reassigns it."""
+
+    __tablename__ = "services"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    owner_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

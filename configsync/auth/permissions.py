@@ -3,13 +3,19 @@
 A caller that may not read a service is told it does not exist (404), exactly as for a service
 that does not exist, so names cannot be probed. A caller that may read but not write is told
 403: that reveals nothing it does not already know.
+
+`can_read` decides for one config; `readable` is the same rule as a SQL condition, for queries
+that list what a caller may read (tests check that the two agree for every role and key scope).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from configsync.configs.service import Actor
+from sqlalchemy import ColumnElement, and_, false, true
+
+from configsync.domain.actor import Actor
 from configsync.errors import Forbidden, NotFound
 
 ADMIN, USER, AUDITOR = "admin", "user", "auditor"
@@ -53,6 +59,21 @@ def can_read(caller: Caller, service: str, environment: str | None, owner_id: st
     return _key_covers(caller, service, environment)
 
 
+def readable(caller: Caller, service: Any, environment: Any, owner_id: Any) -> ColumnElement[bool]:
+    """`can_read` as a SQL condition over the given service, environment and owner columns."""
+    if caller.kind == "legacy_key":
+        return true()
+    if caller.is_person:
+        if caller.role in (ADMIN, AUDITOR):
+            return true()
+        return and_(owner_id.is_not(None), owner_id == caller.id)
+    if caller.kind != "api_key" or caller.service is None:
+        return false()
+    if caller.environment is None:
+        return service == caller.service
+    return and_(service == caller.service, environment == caller.environment)
+
+
 def can_read_history(caller: Caller, owner_id: str | None) -> bool:
     """History, diffs and the audit trail are for people: owners, admins and auditors."""
     return caller.is_person and (
@@ -92,6 +113,12 @@ def authorize_history(caller: Caller, service: str, owner_id: str | None, exists
     authorize_read(caller, service, None, owner_id, exists)
     if not can_read_history(caller, owner_id):
         raise Forbidden("history is for the service's owner, admins and auditors")
+
+
+def require_role(caller: Caller, *roles: str) -> None:
+    """Only people with one of `roles` (admins, auditors...) may go on."""
+    if not (caller.is_person and caller.role in roles):
+        raise Forbidden(f"only {' and '.join(r + 's' for r in roles)} may do this")
 
 
 def authorize_owner_or_admin(

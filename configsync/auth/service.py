@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -12,14 +13,20 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from configsync.auth.models import ApiKeyRow, UserRow
+from configsync.auth.models import ApiKeyRow, ServiceRow, UserRow
 from configsync.auth.passwords import check_password_rules, hash_password, verify_password
-from configsync.auth.permissions import ADMIN, ROLES, USER, Caller, authorize_owner_or_admin
-from configsync.configs.documents import validate_name
-from configsync.configs.models import ServiceRow
-from configsync.db import utcnow
+from configsync.auth.permissions import (
+    ADMIN,
+    AUDITOR,
+    ROLES,
+    USER,
+    Caller,
+    authorize_owner_or_admin,
+)
+from configsync.db import after_commit, utcnow
+from configsync.domain.names import validate_name
 from configsync.errors import AlreadyExists, Forbidden, InvalidInput, NotFound, Unauthorized
-from configsync.feed import announce
+from configsync.feed import KeyRevoked, notify
 
 KEY_PREFIX = "cs_"
 SHOWN_PREFIX_LENGTH = len(KEY_PREFIX) + 8
@@ -150,7 +157,7 @@ def create_api_key(
 def list_api_keys(session: Session, caller: Caller) -> list[ApiKeyRow]:
     if not caller.is_person:
         raise Forbidden("API keys cannot manage API keys")
-    if caller.role == "auditor":
+    if caller.role == AUDITOR:
         raise Forbidden("auditors cannot manage API keys")
     query = select(ApiKeyRow).order_by(ApiKeyRow.created_at)
     if not caller.is_admin:
@@ -159,7 +166,11 @@ def list_api_keys(session: Session, caller: Caller) -> list[ApiKeyRow]:
     return list(session.scalars(query))
 
 
-def revoke_api_key(session: Session, caller: Caller, key_id: str) -> ApiKeyRow:
+def revoke_api_key(
+    session: Session, caller: Caller, key_id: str, *, forget: Callable[[str], None]
+) -> ApiKeyRow:
+    """Revoke a key. Other processes hear of it through the change feed; `forget(key_hash)`
+    drops it from this process's cache once the revocation has committed."""
     row = session.get(ApiKeyRow, key_id)
     if row is None:
         if not caller.is_person:
@@ -173,7 +184,9 @@ def revoke_api_key(session: Session, caller: Caller, key_id: str) -> ApiKeyRow:
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         session.flush()
-        announce(session, f"key:{row.key_hash}")
+        notify(session, [KeyRevoked(row.key_hash)])
+        key_hash = row.key_hash
+        after_commit(session, lambda: forget(key_hash))
     return row
 
 

@@ -1,4 +1,8 @@
-"""HTTP endpoints of the config domain: v1 and the original ConfigSync's /config/*."""
+"""HTTP endpoints of the config domain: v1 and the original ConfigSync's /config/*.
+
+Thin: each parses, receives its authorization from a dependency (configsync.configs.auth),
+calls one command or query, and shapes the answer. The request's unit of work commits.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +11,32 @@ import json
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from configsync.auth.authenticator import Authenticator, credentials
-from configsync.auth.permissions import (
-    Caller,
-    authorize_history,
-    authorize_owner_or_admin,
-    authorize_read,
-    authorize_write,
+from configsync.auth.deps import BriefCallerDep, CallerDep
+from configsync.configs import commands, queries
+from configsync.configs.auth import (
+    ConfigWrite,
+    HistoryRead,
+    PromoteAccess,
+    RollbackAccess,
+    WriteContextDep,
+    read_access,
+    write_access,
+    write_context,
 )
-from configsync.auth.service import service_owner
-from configsync.configs import fastpath
-from configsync.configs import service as configs
-from configsync.configs.documents import DEFAULT_ENVIRONMENT, validate_name
-from configsync.configs.models import ServiceRow
-from configsync.configs.reader import ConfigEntry, ConfigReader, response_body
-from configsync.configs.rendering import MEDIA_TYPES, json_response, render
+from configsync.configs.commands import WriteResult
+from configsync.configs.queries import Difference
+from configsync.configs.reader import ConfigReader, Lookup, response_body
+from configsync.configs.reads import WAIT, Answer, ReadRequest, decide, parse_etag
+from configsync.configs.rendering import MEDIA_TYPES, render
 from configsync.configs.schemas import (
     ConfigDelete,
     ConfigDeleted,
     ConfigList,
     ConfigOut,
-    ConfigWrite,
     ConfigWritten,
     DiffOut,
     HistoryOut,
@@ -43,12 +46,12 @@ from configsync.configs.schemas import (
     PromoteBody,
     RollbackBody,
 )
-from configsync.configs.service import WriteResult
-from configsync.db import commit
-from configsync.deps import CallerDep, SessionDep, write_context
-from configsync.errors import Deleted, InvalidInput, NotFound
+from configsync.configs.schemas import ConfigWrite as ConfigWriteBody
+from configsync.deps import SessionDep, SettingsDep
+from configsync.domain.names import DEFAULT_ENVIRONMENT, validate_name
+from configsync.errors import InvalidInput
 from configsync.events import format_instant
-from projections.current import ConfigCurrentRow
+from configsync.http import json_response
 
 router = APIRouter(tags=["configs"])
 legacy = APIRouter(tags=["original ConfigSync"])
@@ -56,20 +59,12 @@ legacy = APIRouter(tags=["original ConfigSync"])
 CONFIG_PATH = "/v1/configs/{service}/{environment}"
 
 
-def parse_etag(value: str | None, header: str) -> int | None:
-    try:
-        return fastpath.parse_etag(value)
-    except ValueError:
-        raise InvalidInput(f'{header} must be a config version in quotes, such as "3"') from None
+def get_reader(request: Request) -> ConfigReader:
+    reader: ConfigReader = request.app.state.config_reader
+    return reader
 
 
-def _not_found(service: str, environment: str) -> NotFound:
-    return NotFound(f"config {service}/{environment} not found")
-
-
-def _check_names(service: str, environment: str) -> None:
-    validate_name("service", service)
-    validate_name("environment", environment)
+ReaderDep = Annotated[ConfigReader, Depends(get_reader)]
 
 
 # --- reads -----------------------------------------------------------------------------------
@@ -84,6 +79,8 @@ async def read_config(
     service: str,
     environment: str,
     request: Request,
+    caller: BriefCallerDep,
+    reader: ReaderDep,
     version: Annotated[int | None, Query(ge=1)] = None,
     as_of: Annotated[datetime | None, Query(description="ISO-8601 instant")] = None,
     format: Annotated[str, Query(pattern="^(json|dotenv|yaml)$")] = "json",
@@ -98,64 +95,58 @@ async def read_config(
     With `If-None-Match` and `wait`, a long poll: answers as soon as the version moves past the
     ETag, or 304 when the wait ends.
     """
-    state = request.app.state
-    _check_names(service, environment)
-    authenticator: Authenticator = state.authenticator
-    reader: ConfigReader = state.config_reader
-    if version is None and as_of is None and not consistent:
-        # Usually answered by the CachedReads middleware before it gets here; this is the same
-        # decision for requests that reached the endpoint anyway.
-        answer = fastpath.cached_answer(
-            authenticator, reader, request.headers, service, environment, format
-        )
-        if answer is not None:
-            return _respond(answer)
-    creds = credentials(request.headers)
-    caller = authenticator.cached(creds)
-    if caller is None:
-        caller = await run_in_threadpool(_resolve_caller, request, creds)
     if version is not None or as_of is not None:
         return await run_in_threadpool(
-            _read_past, request, caller, service, environment, version, as_of, format
+            _read_past, reader, caller, service, environment, version, as_of, format
         )
-    seen = parse_etag(request.headers.get("if-none-match"), "If-None-Match")
-    entry = None if consistent else reader.cached(service, environment)
-    if entry is not None and seen is not None and seen > entry.version:
-        entry = None  # the caller has seen a newer version than this process: ask the database
-    if entry is None:
-        exists, entry = await run_in_threadpool(reader.load, service, environment)
-    else:
-        exists = True
-    owner = entry.owner_id if entry else await run_in_threadpool(_owner, request, service)
-    authorize_read(caller, service, environment, owner, exists)
-    if wait and seen is not None and entry is not None and entry.version <= seen:
-        entry = await _long_poll(request, reader, service, environment, seen, wait) or entry
-    return _answer(entry, service, environment, seen, format)
+    read = ReadRequest(
+        service,
+        environment,
+        format,
+        parse_etag(request.headers.get("if-none-match")),
+        min(wait or 0.0, request.app.state.settings.max_wait_seconds),
+    )
+    validate_name("service", service)
+    validate_name("environment", environment)
+    if not read.wait:
+        found = await _lookup(reader, read, consistent)
+        answer = decide(caller, found, read)
+        assert isinstance(answer, Answer)
+        return _respond(answer)
+    # Registered before the first read: a write landing between that read and the wait still
+    # wakes this request at once.
+    with reader.waiters.watch((service, environment)) as watch:
+        found = await _lookup(reader, read, consistent)
+        answer = decide(caller, found, read)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + read.wait
+        while answer is WAIT and (remaining := deadline - loop.time()) > 0:
+            await watch.wait(min(remaining, LONG_POLL_RECHECK_SECONDS))
+            if await request.is_disconnected():
+                break
+            found = await run_in_threadpool(reader.load, service, environment)
+            answer = decide(caller, found, read)
+    if answer is WAIT:
+        entry = found.entry
+        assert entry is not None
+        answer = Answer(304, b"", None, entry.etag)
+    assert isinstance(answer, Answer)
+    return _respond(answer)
 
 
-# How often a long poll reads the database again even if nothing woke it (a missed message;
-# SQLite, which has no change feed).
+# How often a long poll reads the database again even if nothing woke it (a missed message).
 LONG_POLL_RECHECK_SECONDS = 2.0
 
 
-async def _long_poll(
-    request: Request, reader: ConfigReader, service: str, environment: str, seen: int, wait: float
-) -> ConfigEntry | None:
-    """Wait until the config moves past `seen`, or `wait` seconds (capped by the settings)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + min(wait, request.app.state.settings.max_wait_seconds)
-    entry = None
-    while (remaining := deadline - loop.time()) > 0:
-        await reader.waiters.wait((service, environment), min(remaining, LONG_POLL_RECHECK_SECONDS))
-        if await request.is_disconnected():
-            return None
-        _, entry = await run_in_threadpool(reader.load, service, environment)
-        if entry is None or entry.version > seen:
-            return entry
-    return entry
+async def _lookup(reader: ConfigReader, read: ReadRequest, consistent: bool) -> Lookup:
+    """The config from this process's cache when it is fresh enough, else from the database."""
+    entry = None if consistent else reader.cached(read.service, read.environment)
+    if entry is not None and not read.behind(entry.version):
+        return Lookup.of(entry)
+    return await run_in_threadpool(reader.load, read.service, read.environment)
 
 
-def _respond(answer: fastpath.Answer) -> Response:
+def _respond(answer: Answer) -> Response:
     return Response(
         answer.body or None,
         status_code=answer.status,
@@ -164,52 +155,22 @@ def _respond(answer: fastpath.Answer) -> Response:
     )
 
 
-def _resolve_caller(request: Request, creds: Any) -> Caller:
-    with request.app.state.session_factory() as session:
-        caller: Caller = request.app.state.authenticator.resolve(session, creds)
-        return caller
-
-
-def _owner(request: Request, service: str) -> str | None:
-    with request.app.state.session_factory() as session:
-        return session.scalar(select(ServiceRow.owner_id).where(ServiceRow.name == service))
-
-
-def _answer(
-    entry: ConfigEntry | None, service: str, environment: str, seen: int | None, fmt: str
-) -> Response:
-    if entry is None:
-        raise _not_found(service, environment)
-    if entry.deleted:
-        raise Deleted(
-            f"config {service}/{environment} was deleted at version {entry.version}",
-            deleted_at_version=entry.version,
-        )
-    headers = {"ETag": entry.etag}
-    if seen == entry.version:
-        return Response(status_code=304, headers=headers)
-    return Response(entry.rendered(fmt), media_type=MEDIA_TYPES[fmt], headers=headers)
-
-
 def _read_past(
-    request: Request,
-    caller: Caller,
+    reader: ConfigReader,
+    caller: Any,
     service: str,
     environment: str,
     version: int | None,
     as_of: datetime | None,
     fmt: str,
 ) -> Response:
-    with request.app.state.session_factory() as session:
-        exists, owner = service_owner(session, service)
-        authorize_read(caller, service, environment, owner, exists)
+    with reader.session() as session:
+        read_access(session, caller, service, environment)
         if version is not None:
-            past = configs.get_version(session, service, environment, version)
+            past = queries.get_version(session, service, environment, version)
         else:
             assert as_of is not None
-            if as_of.tzinfo is None:
-                raise InvalidInput("as_of needs a time zone, such as 2026-01-01T00:00:00Z")
-            past = configs.get_as_of(session, service, environment, as_of)
+            past = queries.get_as_of(session, service, environment, as_of)
     headers = {"ETag": f'"{past.version}"'}
     if fmt != "json":
         return Response(render(past.document, fmt), media_type=MEDIA_TYPES[fmt], headers=headers)
@@ -227,26 +188,14 @@ def _read_past(
 @router.get("/v1/configs", response_model=ConfigList)
 def list_configs(session: SessionDep, caller: CallerDep) -> Response:
     """The configs the caller may read, with their versions."""
-    query = (
-        select(ConfigCurrentRow, ServiceRow.owner_id)
-        .join(ServiceRow, ServiceRow.name == ConfigCurrentRow.service)
-        .where(ConfigCurrentRow.deleted.is_(False))
-        .order_by(ConfigCurrentRow.service, ConfigCurrentRow.environment)
-    )
-    if caller.kind == "api_key":
-        query = query.where(ConfigCurrentRow.service == caller.service)
-        if caller.environment:
-            query = query.where(ConfigCurrentRow.environment == caller.environment)
-    elif caller.is_person and caller.role == "user":
-        query = query.where(ServiceRow.owner_id == caller.id)
     items = [
         {
-            "service": row.service,
-            "environment": row.environment,
-            "version": row.version,
-            "updated_at": format_instant(row.updated_at),
+            "service": c.service,
+            "environment": c.environment,
+            "version": c.version,
+            "updated_at": format_instant(c.updated_at),
         }
-        for row, _owner_id in session.execute(query)
+        for c in queries.list_readable(session, caller)
     ]
     return json_response({"items": items})
 
@@ -261,41 +210,10 @@ def _expected(request: Request, body_expected: int | None) -> int | None:
     return header if header is not None else body_expected
 
 
-def _authorize_write(session: Session, caller: Caller, service: str, environment: str) -> None:
-    _check_names(service, environment)
-    exists, owner = service_owner(session, service)
-    authorize_write(caller, service, environment, owner, exists)
-
-
-def _written(result: WriteResult) -> Response:
-    body = response_body(result, {"changed": result.changed})
+def _written(result: WriteResult, extra: dict[str, Any] | None = None) -> Response:
+    body = response_body(result, {"changed": result.changed, **(extra or {})})
     status = 201 if result.created else 200
     return json_response(body, status=status, headers={"ETag": f'"{result.version}"'})
-
-
-def _write_document(
-    operation: Any,
-    service: str,
-    environment: str,
-    body: ConfigWrite,
-    request: Request,
-    session: Session,
-    caller: Caller,
-) -> Response:
-    """PUT and PATCH: the same checks, a different operation on the document."""
-    expected = _expected(request, body.expected_version)
-    _authorize_write(session, caller, service, environment)
-    result = operation(
-        session,
-        service,
-        environment,
-        body.data,
-        write_context(request, caller),
-        reason=body.reason,
-        expected_version=expected,
-    )
-    commit(session)
-    return _written(result)
 
 
 @router.put(
@@ -304,15 +222,23 @@ def _write_document(
     responses={201: {"model": ConfigWritten, "description": "created"}, 412: {}},
 )
 def put_config(
-    service: str,
-    environment: str,
-    body: ConfigWrite,
+    body: ConfigWriteBody,
     request: Request,
     session: SessionDep,
-    caller: CallerDep,
+    access: ConfigWrite,
+    ctx: WriteContextDep,
 ) -> Response:
     """Replace the whole document (201 when it creates the config)."""
-    return _write_document(configs.replace, service, environment, body, request, session, caller)
+    result = commands.replace(
+        session,
+        access.service,
+        access.environment,
+        body.data,
+        ctx,
+        reason=body.reason,
+        expected_version=_expected(request, body.expected_version),
+    )
+    return _written(result)
 
 
 @router.patch(
@@ -321,43 +247,47 @@ def put_config(
     responses={201: {"model": ConfigWritten, "description": "created"}, 412: {}},
 )
 def patch_config(
-    service: str,
-    environment: str,
-    body: ConfigWrite,
+    body: ConfigWriteBody,
     request: Request,
     session: SessionDep,
-    caller: CallerDep,
+    access: ConfigWrite,
+    ctx: WriteContextDep,
 ) -> Response:
     """Apply a JSON Merge Patch (RFC 7396) to the document: null removes a key."""
-    return _write_document(configs.patch, service, environment, body, request, session, caller)
+    result = commands.patch(
+        session,
+        access.service,
+        access.environment,
+        body.data,
+        ctx,
+        reason=body.reason,
+        expected_version=_expected(request, body.expected_version),
+    )
+    return _written(result)
 
 
 @router.delete(CONFIG_PATH, response_model=ConfigDeleted, responses={412: {}})
 def delete_config(
-    service: str,
-    environment: str,
     request: Request,
     session: SessionDep,
-    caller: CallerDep,
+    access: ConfigWrite,
+    ctx: WriteContextDep,
     body: ConfigDelete | None = None,
 ) -> Response:
     """Delete the config: a deleting event is appended and the history stays."""
     body = body or ConfigDelete()
-    expected = _expected(request, body.expected_version)
-    _authorize_write(session, caller, service, environment)
-    result = configs.delete(
+    result = commands.delete(
         session,
-        service,
-        environment,
-        write_context(request, caller),
+        access.service,
+        access.environment,
+        ctx,
         reason=body.reason,
-        expected_version=expected,
+        expected_version=_expected(request, body.expected_version),
     )
-    commit(session)
     return json_response(
         {
-            "service": service,
-            "environment": environment,
+            "service": access.service,
+            "environment": access.environment,
             "version": result.version,
             "deleted": True,
         },
@@ -368,43 +298,50 @@ def delete_config(
 # --- history, diffs, rollback, promotion ------------------------------------------------------
 
 
-def _history_reader(session: Session, caller: Caller, service: str, environment: str) -> None:
-    _check_names(service, environment)
-    exists, owner = service_owner(session, service)
-    authorize_history(caller, service, owner, exists)
-
-
 @router.get(CONFIG_PATH + "/history", response_model=HistoryOut)
 def config_history(
-    service: str,
-    environment: str,
     session: SessionDep,
-    caller: CallerDep,
+    access: HistoryRead,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before_version: Annotated[int | None, Query(ge=1)] = None,
 ) -> Response:
     """Every version, newest first: who, when, what (a one-line summary) and why."""
-    _history_reader(session, caller, service, environment)
-    page = configs.history(
-        session, service, environment, limit=limit, before_version=before_version
+    page = queries.history(
+        session, access.service, access.environment, limit=limit, before_version=before_version
     )
-    for item in page.items:
-        item["recorded_at"] = format_instant(item["recorded_at"])
-    return json_response({"items": page.items, "next_before_version": page.next_before_version})
+    items = [
+        {
+            "version": e.version,
+            "recorded_at": format_instant(e.recorded_at),
+            "actor": e.actor,
+            "action": e.action,
+            "summary": e.summary,
+            "reason": e.reason,
+            "rollback_of": e.rollback_of,
+            "promoted_from": e.promoted_from,
+            "position": e.position,
+        }
+        for e in page.items
+    ]
+    return json_response({"items": items, "next_before_version": page.next_before_version})
+
+
+def _difference(difference: Difference) -> dict[str, Any]:
+    return {"changes": difference.changes, "stats": difference.stats}
 
 
 @router.get(CONFIG_PATH + "/diff", response_model=DiffOut)
 def config_diff(
-    service: str,
-    environment: str,
     session: SessionDep,
-    caller: CallerDep,
+    access: HistoryRead,
     from_version: Annotated[int, Query(alias="from", ge=1)],
     to_version: Annotated[int | None, Query(alias="to", ge=1)] = None,
 ) -> Response:
     """What changed between two versions (`to` defaults to the current one)."""
-    _history_reader(session, caller, service, environment)
-    return json_response(configs.diff(session, service, environment, from_version, to_version))
+    found = queries.diff(session, access.service, access.environment, from_version, to_version)
+    return json_response(
+        {"from": found.from_version, "to": found.to_version, **_difference(found.difference)}
+    )
 
 
 @router.get("/v1/services/{service}/compare", response_model=DiffOut, tags=["configs"])
@@ -417,41 +354,34 @@ def compare_environments(
 ) -> Response:
     """What differs between two environments' current documents."""
     for environment in (from_env, to_env):
-        _check_names(service, environment)
-        exists, owner = service_owner(session, service)
-        authorize_read(caller, service, environment, owner, exists)
-    return json_response(configs.compare(session, service, from_env, to_env))
-
-
-def _authorize_manage(
-    session: Session, caller: Caller, service: str, environment: str, what: str
-) -> None:
-    _check_names(service, environment)
-    exists, owner = service_owner(session, service)
-    authorize_owner_or_admin(caller, service, owner, exists, what)
+        read_access(session, caller, service, environment)
+    found = queries.compare(session, service, from_env, to_env)
+    return json_response(
+        {
+            "service": found.service,
+            "from_env": found.from_environment,
+            "to_env": found.to_environment,
+            "from_version": found.from_version,
+            "to_version": found.to_version,
+            **_difference(found.difference),
+        }
+    )
 
 
 @router.post(CONFIG_PATH + "/rollback", response_model=ConfigWritten, responses={412: {}})
 def rollback_config(
-    service: str,
-    environment: str,
-    body: RollbackBody,
-    request: Request,
-    session: SessionDep,
-    caller: CallerDep,
+    body: RollbackBody, session: SessionDep, access: RollbackAccess, ctx: WriteContextDep
 ) -> Response:
     """Make an earlier version's document current again, as a new version (owner or admin)."""
-    _authorize_manage(session, caller, service, environment, "roll back")
-    result = configs.rollback(
+    result = commands.rollback(
         session,
-        service,
-        environment,
+        access.service,
+        access.environment,
         body.to_version,
-        write_context(request, caller),
+        ctx,
         reason=body.reason,
         expected_version=body.expected_version,
     )
-    commit(session)
     extra: dict[str, Any] = {"changed": result.changed, "rollback_of": body.to_version}
     if not result.changed:
         extra["message"] = f"already at the document of version {body.to_version}: nothing appended"
@@ -460,26 +390,19 @@ def rollback_config(
 
 @router.post(CONFIG_PATH + "/promote", response_model=ConfigWritten, responses={412: {}})
 def promote_config(
-    service: str,
-    environment: str,
-    body: PromoteBody,
-    request: Request,
-    session: SessionDep,
-    caller: CallerDep,
+    body: PromoteBody, session: SessionDep, access: PromoteAccess, ctx: WriteContextDep
 ) -> Response:
     """Copy this environment's document (or some keys of it) into another (owner or admin)."""
-    _authorize_manage(session, caller, service, environment, "promote")
-    result = configs.promote(
+    result = commands.promote(
         session,
-        service,
-        environment,
+        access.service,
+        access.environment,
         body.to_environment,
-        write_context(request, caller),
+        ctx,
         keys=body.keys,
         reason=body.reason,
         expected_version=body.expected_version,
     )
-    commit(session)
     return _written(result)
 
 
@@ -494,10 +417,8 @@ def legacy_get(
     environment: str = DEFAULT_ENVIRONMENT,
 ) -> Response:
     """Fetch a service's configuration (original ConfigSync)."""
-    _check_names(service, environment)
-    exists, owner = service_owner(session, service)
-    authorize_read(caller, service, environment, owner, exists)
-    state = configs.get(session, service, environment)
+    read_access(session, caller, service, environment)
+    state = queries.get(session, service, environment)
     return json_response(
         {
             "service": service,
@@ -506,6 +427,28 @@ def legacy_get(
             "config": state.document,
         }
     )
+
+
+async def legacy_body(request: Request) -> LegacyUpdate:
+    """The body is JSON whatever the Content-Type says: the original README sends it with
+    `curl -d`, which labels it application/x-www-form-urlencoded."""
+    raw = await request.body()
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidInput(f"the body must be JSON: {exc}") from None
+    try:
+        return LegacyUpdate.model_validate(parsed)
+    except ValidationError as exc:
+        raise InvalidInput(_validation_message(exc)) from None
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
 
 
 @legacy.post(
@@ -518,45 +461,23 @@ def legacy_get(
         }
     },
 )
-async def legacy_update(request: Request) -> Response:
-    """Create or replace a service's configuration (original ConfigSync).
-
-    The body is JSON whatever the Content-Type says: the original README sends it with
-    `curl -d`, which labels it application/x-www-form-urlencoded.
-    """
-    raw = await request.body()
-    try:
-        parsed = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidInput(f"the body must be JSON: {exc}") from None
-    try:
-        body = LegacyUpdate.model_validate(parsed)
-    except ValidationError as exc:
-        raise InvalidInput(_validation_message(exc)) from None
-    return await run_in_threadpool(_legacy_write, request, body)
-
-
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors()[:5]:
-        where = ".".join(str(p) for p in error["loc"]) or "body"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
-
-
-def _legacy_write(request: Request, body: LegacyUpdate) -> Response:
-    with request.app.state.session_factory() as session:
-        caller = request.app.state.authenticator.resolve(session, credentials(request.headers))
-        _authorize_write(session, caller, body.name, body.environment)
-        result = configs.replace(
-            session,
-            body.name,
-            body.environment,
-            body.config,
-            write_context(request, caller),
-            reason=body.reason,
-        )
-        commit(session)
+def legacy_update(
+    body: Annotated[LegacyUpdate, Depends(legacy_body)],
+    request: Request,
+    session: SessionDep,
+    caller: CallerDep,
+    settings: SettingsDep,
+) -> Response:
+    """Create or replace a service's configuration (original ConfigSync)."""
+    write_access(session, caller, body.name, body.environment)
+    result = commands.replace(
+        session,
+        body.name,
+        body.environment,
+        body.config,
+        write_context(request, caller, settings),
+        reason=body.reason,
+    )
     what = f"{body.name}/{body.environment}"
     message = (
         f"config {what} saved as version {result.version}"

@@ -1,51 +1,29 @@
 """Reads answered from this process's caches alone: the hot path of every polling service.
 
-`cached_answer` is the one place that decides whether a GET can be answered without the
-database, and what the answer is. The endpoint calls it first; the `CachedReads` ASGI
-middleware calls it before FastAPI's routing and validation, which cost more than the whole
-answer on a cache hit. Anything it cannot answer (an unknown key, an error to report, a stale
-or missing entry, an unusual query) goes on to the full endpoint, which gives the same answer
-the slow way or the right error.
+The `CachedReads` ASGI middleware answers GET /v1/configs/{service}/{environment} before
+FastAPI's routing and validation (which cost more than the whole answer on a cache hit) when
+the caches hold both the caller and the config. What it answers is decided by
+configsync.configs.reads.decide, the same function the endpoint uses. Anything it cannot answer
+(an unknown key, an error to report, a stale or missing entry, a long poll that must wait, an
+unusual query) goes on to the endpoint, which gives the same answer the slow way or the error.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from configsync.auth.authenticator import Authenticator, credentials
-from configsync.auth.permissions import can_read
-from configsync.configs.documents import NAME_PATTERN
-from configsync.configs.reader import ConfigReader
-from configsync.configs.rendering import FORMATS, MEDIA_TYPES
+from configsync.configs.reader import ConfigReader, Lookup
+from configsync.configs.reads import Answer, ReadRequest, decide, parse_etag
+from configsync.configs.rendering import FORMATS
+from configsync.domain.names import NAME_PATTERN
 from configsync.errors import ConfigSyncError
 
 _PATH = re.compile(r"/v1/configs/([^/]+)/([^/]+)")
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    status: int
-    body: bytes
-    media_type: str | None
-    etag: str
-
-
-def parse_etag(value: str | None) -> int | None:
-    """`"3"`, `W/"3"` or `3` → 3; absent → None; raises ValueError for anything else."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.startswith("W/"):
-        text = text[2:]
-    text = text.strip('"')
-    if not text.isdigit():
-        raise ValueError(text)
-    return int(text)
 
 
 def cached_answer(
@@ -56,26 +34,19 @@ def cached_answer(
     environment: str,
     fmt: str,
 ) -> Answer | None:
-    """The answer to GET service/environment from the caches, or None if it needs the database."""
+    """The answer to a plain GET from the caches, or None if the endpoint must give it."""
     try:
         caller = authenticator.cached(credentials(headers))
-        seen = parse_etag(headers.get("if-none-match"))
-    except (ConfigSyncError, ValueError):
-        return None  # an error to report: the endpoint words it
-    if caller is None:
-        return None
-    entry = reader.cached(service, environment)
-    if entry is None or entry.deleted or (seen is not None and seen > entry.version):
-        return None  # missing, gone, or older than what the caller has already seen
-    if not can_read(caller, service, environment, entry.owner_id):
-        return None
-    if seen == entry.version:
-        return Answer(304, b"", None, entry.etag)
-    try:
-        body = entry.rendered(fmt)
+        if caller is None:
+            return None
+        read = ReadRequest(service, environment, fmt, parse_etag(headers.get("if-none-match")))
+        entry = reader.cached(service, environment)
+        if entry is None or read.behind(entry.version):
+            return None  # missing, or older than what the caller has already seen
+        answer = decide(caller, Lookup.of(entry), read)
     except ConfigSyncError:
-        return None
-    return Answer(200, body, MEDIA_TYPES[fmt], entry.etag)
+        return None  # an error to report: the endpoint words it
+    return answer if isinstance(answer, Answer) else None
 
 
 class _Headers(dict[str, str]):

@@ -12,12 +12,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from configsync.auth.models import ServiceRow
 from configsync.cache import InvalidatingCache
-from configsync.configs.documents import Document
-from configsync.configs.models import ServiceRow
-from configsync.configs.rendering import dumps, render
+from configsync.configs.rendering import render
 from configsync.configs.waiters import Waiters
+from configsync.domain.documents import Document
 from configsync.events import format_instant
+from configsync.feed import ConfigMoved
+from configsync.http import dumps
 from projections import current
 
 Key = tuple[str, str]
@@ -47,6 +49,19 @@ class ConfigEntry:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What the database says of a config: does its service exist, who owns it, its entry."""
+
+    exists: bool
+    owner_id: str | None
+    entry: ConfigEntry | None
+
+    @classmethod
+    def of(cls, entry: ConfigEntry) -> Lookup:
+        return cls(True, entry.owner_id, entry)
+
+
 def response_body(
     state: current.CurrentConfig | Any, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -68,19 +83,23 @@ class ConfigReader:
         self.cache: InvalidatingCache[Key, ConfigEntry] = InvalidatingCache()
         self.waiters = Waiters()
 
+    def session(self) -> Session:
+        """A session of the reader's own, for reads made outside a request's unit of work."""
+        return self._sessions()
+
     def cached(self, service: str, environment: str) -> ConfigEntry | None:
         return self.cache.get((service, environment))
 
-    def load(self, service: str, environment: str) -> tuple[bool, ConfigEntry | None]:
-        """(does the service exist, its config entry or None) read from the database."""
+    def load(self, service: str, environment: str) -> Lookup:
+        """The config read from the database (and kept in the cache)."""
         generation = self.cache.generation
         with self._sessions() as session:
             owner = session.get(ServiceRow, service)
             state = current.read(session, service, environment) if owner is not None else None
         if owner is None:
-            return False, None
+            return Lookup(False, None, None)
         if state is None:
-            return True, None
+            return Lookup(True, owner.owner_id, None)
         entry = ConfigEntry(
             service=service,
             environment=environment,
@@ -91,14 +110,10 @@ class ConfigReader:
             body=dumps(response_body(state)),
         )
         self.cache.fill((service, environment), entry, generation)
-        return True, entry
+        return Lookup(True, owner.owner_id, entry)
 
-    def changed(self, payload: str) -> None:
-        """Change-feed message `config:{service}/{environment}:{version}`."""
-        kind, _, rest = payload.partition(":")
-        if kind != "config":
-            return
-        stream, _, _ = rest.rpartition(":")
-        service, _, environment = stream.partition("/")
-        self.cache.invalidate((service, environment))
-        self.waiters.wake((service, environment))
+    def changed(self, message: ConfigMoved) -> None:
+        """A config moved (this process's write, or another's through the change feed)."""
+        key = (message.service, message.environment)
+        self.cache.invalidate(key)
+        self.waiters.wake(key)

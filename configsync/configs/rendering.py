@@ -17,16 +17,14 @@ that one of them reads differently. Non-string values are written as compact JSO
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
-import orjson
 import yaml
-from starlette.responses import Response
 
-from configsync.configs.documents import Document, documents_equal
+from configsync.domain.documents import Document, documents_equal
 from configsync.errors import InvalidInput
+from configsync.http import dumps
 
 FORMATS = ("json", "dotenv", "yaml")
 MEDIA_TYPES = {
@@ -40,19 +38,6 @@ _DOTENV_INTERPOLATION = re.compile(r"\$\{[^}]*\}")
 
 class NotRenderable(InvalidInput):
     pass
-
-
-def dumps(value: Any) -> bytes:
-    """JSON bytes, fast: orjson, or the standard library for integers beyond 64 bits."""
-    try:
-        return orjson.dumps(value)
-    except TypeError:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """A JSON answer serialized by `dumps`, not by FastAPI's default encoder."""
-    return Response(dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
 def render(document: Document, fmt: str) -> bytes:

@@ -1,9 +1,12 @@
 """Long polls: requests waiting for a config to move past the version they have.
 
-A waiter is woken when this process learns the config changed: from its own commits at once,
-from other processes through the change feed. It then reads the database again; it also does so
-every few seconds in case a message was missed (and on SQLite, which has no feed, that re-read
-is how a change is seen).
+A waiter is woken when this process learns the config changed: from its own commits at once
+(the write path's listeners), from other processes through the change feed. It then reads the
+database again; it also does so every few seconds in case a message was missed (on SQLite,
+which has no feed, only writes of this process wake it).
+
+A waiter registers *before* it reads the version it compares with: a write that lands between
+that read and the wait then still wakes it, instead of being noticed only at the next re-check.
 """
 
 from __future__ import annotations
@@ -11,37 +14,74 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import defaultdict
+from types import TracebackType
 
 Key = tuple[str, str]
+
+
+class Watch:
+    """One request's registration for a key; use as a context manager."""
+
+    __slots__ = ("_event", "_key", "_loop", "_waiters")
+
+    def __init__(self, waiters: Waiters, key: Key) -> None:
+        self._waiters = waiters
+        self._key = key
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+
+    def __enter__(self) -> Watch:
+        self._waiters._add(self._key, self)
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        self._waiters._discard(self._key, self)
+
+    def wake(self) -> None:
+        self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait until woken (since the last wait) or `timeout` seconds; True if woken."""
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._event.clear()
 
 
 class Waiters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiting: dict[Key, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = (
-            defaultdict(set)
-        )
+        self._waiting: dict[Key, set[Watch]] = defaultdict(set)
 
-    async def wait(self, key: Key, timeout: float) -> bool:
-        """Wait until `wake(key)` or `timeout` seconds; True if woken."""
-        event = asyncio.Event()
-        entry = (asyncio.get_running_loop(), event)
+    def watch(self, key: Key) -> Watch:
+        """A registration for `key`, made on the running event loop."""
+        return Watch(self, key)
+
+    def _add(self, key: Key, watch: Watch) -> None:
         with self._lock:
-            self._waiting[key].add(entry)
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            with self._lock:
-                self._waiting[key].discard(entry)
-                if not self._waiting[key]:
-                    del self._waiting[key]
+            self._waiting[key].add(watch)
+
+    def _discard(self, key: Key, watch: Watch) -> None:
+        with self._lock:
+            self._waiting[key].discard(watch)
+            if not self._waiting[key]:
+                del self._waiting[key]
+
+    def count(self) -> int:
+        with self._lock:
+            return sum(len(watches) for watches in self._waiting.values())
 
     def wake(self, key: Key) -> None:
         """Thread-safe: called from request threads and the change-feed thread."""
         with self._lock:
-            entries = list(self._waiting.get(key, ()))
-        for loop, event in entries:
-            loop.call_soon_threadsafe(event.set)
+            watches = list(self._waiting.get(key, ()))
+        for watch in watches:
+            watch.wake()

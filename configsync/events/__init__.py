@@ -1,7 +1,6 @@
 """The event store. Knows nothing of the API, the config domain or projections."""
 
 from configsync.events.store import (
-    CONFIG_CHANGED,
     GENESIS_HASH,
     ChainReport,
     NewEvent,
@@ -14,15 +13,12 @@ from configsync.events.store import (
     lock_stream,
     read_after,
     read_stream,
-    split_stream,
-    stream_name,
     stream_version,
     verify_chain,
     version_at,
 )
 
 __all__ = [
-    "CONFIG_CHANGED",
     "GENESIS_HASH",
     "ChainReport",
     "NewEvent",
@@ -35,8 +31,6 @@ __all__ = [
     "lock_stream",
     "read_after",
     "read_stream",
-    "split_stream",
-    "stream_name",
     "stream_version",
     "verify_chain",
     "version_at",

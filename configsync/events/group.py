@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from configsync.db import make_engine, make_session_factory
@@ -79,10 +79,23 @@ class GroupCommit(Generic[Item, Outcome]):
 
     @classmethod
     def for_database(
-        cls, url: str, work: Work[Item, Outcome], *, max_batch: int = 64
+        cls,
+        url: str,
+        work: Work[Item, Outcome],
+        *,
+        max_batch: int = 64,
+        lock_timeout: float | None = None,
+        idle_in_transaction_timeout: float | None = None,
     ) -> GroupCommit[Item, Outcome]:
         """A group with a connection of its own to the database at `url`; `close` releases it."""
-        engine = make_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=False)
+        engine = make_engine(
+            url,
+            pool_size=1,
+            max_overflow=0,
+            pool_pre_ping=False,
+            lock_timeout=lock_timeout,
+            idle_in_transaction_timeout=idle_in_transaction_timeout,
+        )
         group = cls(make_session_factory(engine), work, max_batch=max_batch)
         group._engine = engine
         return group
@@ -143,6 +156,11 @@ class GroupCommit(Generic[Item, Outcome]):
         except _CommitFailed as failed:
             for slot in batch:
                 slot.settle(failed.error)
+        except OperationalError as error:
+            # A lock wait that timed out, a database that went away: no one item's fault, and
+            # running each alone would only make every writer wait out the timeout again.
+            for slot in batch:
+                slot.settle(error)
         except Exception as error:
             if len(batch) == 1:
                 batch[0].settle(error)

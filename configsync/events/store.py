@@ -24,7 +24,6 @@ from configsync.errors import InvalidDocument, InvalidInput, VersionConflict
 from configsync.events.canonical import canonical_json, loads
 from configsync.events.models import EventRow
 
-CONFIG_CHANGED = "ConfigChanged"
 GENESIS_HASH = "0" * 64
 
 # Keys for PostgreSQL advisory locks. The one-key (bigint) and two-key (int, int) forms live in
@@ -80,15 +79,6 @@ class StoredEvent:
             prev_hash=row.prev_hash,
             hash=row.hash,
         )
-
-
-def stream_name(service: str, environment: str) -> str:
-    return f"{service}/{environment}"
-
-
-def split_stream(stream: str) -> tuple[str, str]:
-    service, _, environment = stream.partition("/")
-    return service, environment
 
 
 def format_instant(moment: datetime) -> str:
@@ -180,7 +170,8 @@ class NewEvent:
         expected_version: int,
         data: Mapping[str, Any],
         metadata: Mapping[str, Any],
-        type: str = CONFIG_CHANGED,
+        *,
+        type: str,
     ) -> None:
         if not _STREAM_NAME.fullmatch(stream):
             raise InvalidInput(f"stream names must match {_STREAM_NAME.pattern}")
@@ -208,13 +199,15 @@ def append(
     data: Mapping[str, Any],
     metadata: Mapping[str, Any],
     *,
-    type: str = CONFIG_CHANGED,
+    type: str,
 ) -> StoredEvent:
     """Append one event to `stream`, which must be at `expected_version` (0: no events yet).
 
     Raises VersionConflict (and appends nothing) when it is not. Payloads must be plain JSON.
     """
-    (outcome,) = append_batch(session, [NewEvent(stream, expected_version, data, metadata, type)])
+    (outcome,) = append_batch(
+        session, [NewEvent(stream, expected_version, data, metadata, type=type)]
+    )
     if isinstance(outcome, VersionConflict):
         raise outcome
     return outcome

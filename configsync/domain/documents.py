@@ -1,4 +1,4 @@
-"""Config documents: validation, merge patch, changes, fold, summaries.
+"""Config documents: validation, merge patch, changes and their fold. Pure: no I/O.
 
 One place computes changes (the store, the diff endpoint, compare and the audit summary all call
 `compute_changes`) and one place folds them back (`apply_changes` / `fold`). Changes are plain
@@ -16,32 +16,19 @@ never overlap, which makes their order irrelevant to the fold.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from deepdiff import DeepDiff
 
-from configsync.errors import DocumentTooLarge, InvalidDocument, InvalidName
+from configsync.errors import DocumentTooLarge, InvalidDocument
 from configsync.events.canonical import JSONValue, canonical_json, check_json, loads
 
 log = logging.getLogger(__name__)
 
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-DEFAULT_ENVIRONMENT = "default"
-
 Document = dict[str, JSONValue]
 Change = dict[str, Any]
-
-
-def validate_name(kind: str, value: str) -> str:
-    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
-        raise InvalidName(
-            f"invalid {kind} name {value!r}: use 1 to 63 characters from a-z, 0-9, '.', '_' "
-            "and '-', starting with a letter or digit"
-        )
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,18 +209,3 @@ def fold(events: Iterable[Any]) -> Folded:
         deleted = bool(event.data.get("deleted"))
         version = event.version
     return Folded(version=version, document=document, deleted=deleted)
-
-
-def summarize(changes: Iterable[Mapping[str, Any]], *, max_names: int = 10) -> str:
-    """One line for humans: `+2 ~1 -0: API_URL, TIMEOUT, RETRIES`."""
-    counts = {"add": 0, "replace": 0, "remove": 0}
-    names: list[str] = []
-    for change in changes:
-        counts[change["op"]] += 1
-        names.append(".".join(change["path"]) or "(whole document)")
-    line = f"+{counts['add']} ~{counts['replace']} -{counts['remove']}"
-    if names:
-        shown = ", ".join(names[:max_names])
-        more = len(names) - max_names
-        line += f": {shown}" + (f" and {more} more" if more > 0 else "")
-    return line

@@ -1,7 +1,10 @@
-"""The config domain's write and read rules: replace, merge-patch, delete, read at a version.
+"""The config domain's one write path: replace, merge-patch, delete, roll back, promote.
 
-Functions take the caller's Session and never commit: the caller's unit of work does, and the
-callbacks registered with `after_commit` (task dispatch, change feed) run only once it has.
+Commands take the caller's Session and never commit: the caller's unit of work does, and the
+work registered with `after_commit` (the write path's listeners: task dispatch, this process's
+caches and long polls) runs only once it has. How appends reach the store (alone, or through a
+group commit shared with other writers) and who is told after commit is the `WritePath` in the
+WriteContext: passed in, never looked up.
 """
 
 from __future__ import annotations
@@ -14,63 +17,58 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from configsync.configs.documents import (
-    DEFAULT_ENVIRONMENT,
-    Change,
+from configsync.auth.models import ServiceRow
+from configsync.configs.queries import get, missing, state_at
+from configsync.db import after_commit, insert_missing, utcnow
+from configsync.domain.actor import Actor
+from configsync.domain.documents import (
     Document,
     Limits,
-    apply_changes,
     compute_changes,
     copy_document,
     documents_equal,
     merge_patch,
-    summarize,
     validate_document,
-    validate_name,
 )
-from configsync.configs.models import ServiceRow
-from configsync.db import after_commit, insert_missing, utcnow
-from configsync.errors import AlreadyExists, Deleted, InvalidInput, NotFound, VersionConflict
-from configsync.events import (
-    NewEvent,
-    StoredEvent,
-    append_batch,
-    lock_stream,
-    read_stream,
+from configsync.domain.events import (
+    CONFIG_CHANGED,
+    CREATED,
+    DELETED,
+    PROMOTED,
+    ROLLED_BACK,
+    UPDATED,
+    ConfigChanged,
     split_stream,
     stream_name,
-    stream_version,
-    version_at,
 )
+from configsync.domain.names import validate_name
+from configsync.errors import AlreadyExists, InvalidInput, VersionConflict
+from configsync.events import NewEvent, StoredEvent, append_batch, lock_stream
 from configsync.events.canonical import canonical_json
 from configsync.events.group import GroupCommit
-from configsync.feed import announce_locally, notify
-from projections import current, snapshots
+from configsync.feed import ConfigMoved, notify
+from projections import current
+from projections.registry import apply_inline
 
-CREATED, UPDATED, DELETED = "created", "updated", "deleted"
-ROLLED_BACK, PROMOTED = "rolled_back", "promoted"
-
-# Sessions made by a factory whose info carries this key call each listener with every event
-# they commit, after the commit (see configsync.db.after_commit).
-EVENT_LISTENERS = "configsync.event_listeners"
+# Called with every event a write appended, once its transaction has committed.
 EventListener = Callable[[StoredEvent], None]
-# Sessions whose info carries a GroupCommit under this key hand it their appends, which then
-# share transactions with other writers' (configsync.events.group); the app sets one on
-# PostgreSQL. Without one, a write appends in the caller's own transaction.
-GROUP_COMMIT = "configsync.group_commit"
 
 
 @dataclass(frozen=True, slots=True)
-class Actor:
-    kind: str  # "user" | "api_key" | "system"
-    id: str
-    name: str
+class WritePath:
+    """How a process's writes reach the store, and who hears of them after commit.
 
-    def as_json(self) -> dict[str, str]:
-        return {"kind": self.kind, "id": self.id, "name": self.name}
+    `group`: on PostgreSQL the API hands appends to a group commit (configsync.events.group),
+    so concurrent writers share transactions and commits; None appends in the writer's own
+    transaction. `listeners`: told of every committed event (the task dispatcher, this process's
+    read cache and long polls).
+    """
+
+    group: GroupCommit[ReadyWrite, StoredEvent] | None = None
+    listeners: tuple[EventListener, ...] = ()
 
 
-SYSTEM = Actor(kind="system", id="system", name="configsync")
+DIRECT = WritePath()
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +78,7 @@ class WriteContext:
     client: str | None = None
     limits: Limits = field(default_factory=Limits)
     max_reason_length: int = 1000
+    path: WritePath = DIRECT
 
     def metadata(self) -> dict[str, Any]:
         return {"actor": self.actor.as_json(), "request_id": self.request_id, "client": self.client}
@@ -164,7 +163,7 @@ def _write(
     deleting: bool = False,
     action: str | None = None,
     rollback_of: int | None = None,
-    extra: dict[str, Any] | None = None,
+    promoted_from: dict[str, Any] | None = None,
 ) -> WriteResult:
     validate_name("service", service)
     validate_name("environment", environment)
@@ -184,7 +183,7 @@ def _write(
 
     if deleting:
         if not exists:
-            raise _missing(service, environment, state)
+            raise missing(service, environment, state)
         new: Document = {}
     else:
         assert new_document is not None
@@ -197,33 +196,31 @@ def _write(
         action = DELETED
     elif action is None:
         action = UPDATED if exists else CREATED
-    data: dict[str, Any] = {
-        "action": action,
-        "changes": changes,
-        "reason": reason,
-        "rollback_of": rollback_of,
-        "deleted": deleting,
-    }
-    data.update(extra or {})
+    payload = ConfigChanged(
+        action=action,
+        changes=changes,
+        reason=reason,
+        rollback_of=rollback_of,
+        deleted=deleting,
+        promoted_from=promoted_from,
+    )
     ready = ReadyWrite(
-        event=NewEvent(stream, version, data, ctx.metadata()),
+        event=NewEvent(stream, version, payload.to_data(), ctx.metadata(), type=CONFIG_CHANGED),
         # Computed here, outside the append lock, and by the same code that rebuilds `current`.
         document_json=canonical_json(current.next_document(old, changes)),
         creates_service=not exists and session.get(ServiceRow, service) is None,
         owner_id=ctx.actor.id if ctx.actor.kind == "user" else None,
     )
-    group: GroupCommit[ReadyWrite, StoredEvent] | None = session.info.get(GROUP_COMMIT)
-    if group is not None:
+    if ctx.path.group is not None:
         # Durable when this returns, in a transaction shared with other writers; this session
         # still holds the stream lock, which its commit releases.
-        event = group.submit(ready)
+        event = ctx.path.group.submit(ready)
     else:
         (outcome,) = record(session, [ready])
         if isinstance(outcome, Exception):
             raise outcome
         event = outcome
-    announce_locally(session, f"config:{stream}:{event.version}")
-    for listener in session.info.get(EVENT_LISTENERS, ()):
+    for listener in ctx.path.listeners:
         after_commit(session, _bind(listener, event))
     return WriteResult(
         service=service,
@@ -269,9 +266,8 @@ def record(session: Session, writes: Sequence[ReadyWrite]) -> list[StoredEvent |
         outcomes[index] = outcome
         if isinstance(outcome, StoredEvent):
             appended.append((outcome, writes[index].document_json))
-    current.apply_all(session, appended)
-    snapshots.apply_all(session, appended)
-    notify(session, [f"config:{event.stream}:{event.version}" for event, _ in appended])
+    apply_inline(session, appended)
+    notify(session, [_moved(event) for event, _ in appended])
     return [outcome for outcome in outcomes if outcome is not None]
 
 
@@ -308,6 +304,11 @@ def _create_services(session: Session, writes: Sequence[ReadyWrite]) -> dict[int
     return refused
 
 
+def _moved(event: StoredEvent) -> ConfigMoved:
+    service, environment = split_stream(event.stream)
+    return ConfigMoved(service, environment, event.version)
+
+
 def _bind(listener: EventListener, event: StoredEvent) -> Callable[[], None]:
     return lambda: listener(event)
 
@@ -330,98 +331,6 @@ def _unchanged(state: current.CurrentConfig) -> WriteResult:
 def check_reason(reason: str | None, limit: int) -> None:
     if reason is not None and len(reason) > limit:
         raise InvalidInput(f"reason is {len(reason)} characters long; the limit is {limit}")
-
-
-def service_owner(session: Session, service: str) -> str | None:
-    return session.scalar(select(ServiceRow.owner_id).where(ServiceRow.name == service))
-
-
-def _missing(service: str, environment: str, state: current.CurrentConfig | None) -> NotFound:
-    if state is not None and state.deleted:
-        return Deleted(
-            f"config {service}/{environment} was deleted at version {state.version}",
-            deleted_at_version=state.version,
-        )
-    return NotFound(f"config {service}/{environment} not found")
-
-
-def get(
-    session: Session, service: str, environment: str = DEFAULT_ENVIRONMENT
-) -> current.CurrentConfig:
-    """The current config; NotFound if it never existed, Deleted if it was deleted."""
-    validate_name("service", service)
-    validate_name("environment", environment)
-    state = current.read(session, service, environment)
-    if state is None or state.deleted:
-        raise _missing(service, environment, state)
-    return state
-
-
-@dataclass(frozen=True, slots=True)
-class PastConfig:
-    service: str
-    environment: str
-    version: int
-    document: Document
-    deleted: bool
-    recorded_at: datetime
-    actor: dict[str, Any]
-
-
-def state_at(session: Session, service: str, environment: str, version: int) -> PastConfig:
-    """The config right after `version` was appended (deleted or not).
-
-    Folds from the nearest snapshot at or below `version`, so the cost does not grow with
-    the length of the history.
-    """
-    validate_name("service", service)
-    validate_name("environment", environment)
-    if version < 1:
-        raise InvalidInput("version must be 1 or more")
-    stream = stream_name(service, environment)
-    snap = snapshots.latest(session, stream, version)
-    events = read_stream(
-        session, stream, from_version=snap.version if snap else 1, up_to_version=version
-    )
-    if not events or events[-1].version != version:
-        raise NotFound(f"config {service}/{environment} has no version {version}")
-    document: Document = snap.document if snap else {}
-    for event in events[1:] if snap else events:
-        document = apply_changes(document, event.data["changes"])
-    last = events[-1]
-    return PastConfig(
-        service=service,
-        environment=environment,
-        version=version,
-        document=document,
-        deleted=bool(last.data.get("deleted")),
-        recorded_at=last.recorded_at,
-        actor=last.metadata.get("actor") or {},
-    )
-
-
-def get_version(session: Session, service: str, environment: str, version: int) -> PastConfig:
-    """The document as it was at `version`; Deleted if that version deleted it."""
-    return _present(state_at(session, service, environment, version), f"version {version}")
-
-
-def get_as_of(session: Session, service: str, environment: str, instant: datetime) -> PastConfig:
-    """The document as it was at `instant`."""
-    validate_name("service", service)
-    validate_name("environment", environment)
-    version = version_at(session, stream_name(service, environment), instant)
-    if version == 0:
-        raise NotFound(f"config {service}/{environment} did not exist at {instant.isoformat()}")
-    return _present(state_at(session, service, environment, version), instant.isoformat())
-
-
-def _present(state: PastConfig, when: str) -> PastConfig:
-    if state.deleted:
-        raise Deleted(
-            f"config {state.service}/{state.environment} was deleted at {when}",
-            deleted_at_version=state.version,
-        )
-    return state
 
 
 def rollback(
@@ -498,110 +407,5 @@ def promote(
         reason,
         expected_version,
         action=PROMOTED,
-        extra={"promoted_from": {"environment": from_environment, "version": source.version}},
+        promoted_from={"environment": from_environment, "version": source.version},
     )
-
-
-def action_of(event: StoredEvent) -> str:
-    recorded = event.data.get("action")
-    if isinstance(recorded, str):
-        return recorded
-    if event.data.get("deleted"):
-        return DELETED
-    if event.data.get("rollback_of"):
-        return ROLLED_BACK
-    return CREATED if event.version == 1 else UPDATED
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryPage:
-    items: list[dict[str, Any]]
-    next_before_version: int | None
-
-
-def history(
-    session: Session,
-    service: str,
-    environment: str,
-    *,
-    limit: int = 50,
-    before_version: int | None = None,
-) -> HistoryPage:
-    """Versions newest first, `limit` at a time; page on with `before_version`."""
-    validate_name("service", service)
-    validate_name("environment", environment)
-    events = read_stream(
-        session,
-        stream_name(service, environment),
-        up_to_version=before_version - 1 if before_version is not None else None,
-        newest_first=True,
-        limit=limit,
-    )
-    if not events and before_version is None:
-        raise NotFound(f"config {service}/{environment} not found")
-    items = [
-        {
-            "version": e.version,
-            "recorded_at": e.recorded_at,
-            "actor": e.metadata.get("actor"),
-            "action": action_of(e),
-            "summary": summarize(e.data["changes"]),
-            "reason": e.data.get("reason"),
-            "rollback_of": e.data.get("rollback_of"),
-            "promoted_from": e.data.get("promoted_from"),
-            "position": e.position,
-        }
-        for e in events
-    ]
-    last = events[-1].version if events else 1
-    return HistoryPage(
-        items=items, next_before_version=last if len(events) == limit and last > 1 else None
-    )
-
-
-def describe_changes(changes: list[Change]) -> dict[str, Any]:
-    """Changes as the diff endpoints show them: op, path, old and new, plus counts."""
-    shown = []
-    stats = {"added": 0, "removed": 0, "changed": 0}
-    for change in changes:
-        item: dict[str, Any] = {"op": change["op"], "path": change["path"]}
-        if "old" in change:
-            item["old"] = change["old"]
-        if "value" in change:
-            item["new"] = change["value"]
-        shown.append(item)
-        stats[{"add": "added", "remove": "removed", "replace": "changed"}[change["op"]]] += 1
-    return {"changes": shown, "stats": stats}
-
-
-def diff(
-    session: Session, service: str, environment: str, from_version: int, to_version: int | None
-) -> dict[str, Any]:
-    """What changed between two versions (`to_version` defaults to the current one)."""
-    if to_version is None:
-        to_version = stream_version(session, stream_name(service, environment))
-        if to_version == 0:
-            raise NotFound(f"config {service}/{environment} not found")
-    a = state_at(session, service, environment, from_version)
-    b = state_at(session, service, environment, to_version)
-    return {
-        "from": from_version,
-        "to": to_version,
-        **describe_changes(compute_changes(a.document, b.document)),
-    }
-
-
-def compare(
-    session: Session, service: str, from_environment: str, to_environment: str
-) -> dict[str, Any]:
-    """What differs between two environments' current documents."""
-    a = get(session, service, from_environment)
-    b = get(session, service, to_environment)
-    return {
-        "service": service,
-        "from_env": from_environment,
-        "to_env": to_environment,
-        "from_version": a.version,
-        "to_version": b.version,
-        **describe_changes(compute_changes(a.document, b.document)),
-    }

@@ -1,0 +1,51 @@
+"""Reads of the audit projection: filters and keyset pages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from configsync.errors import InvalidInput
+from projections.audit import AuditRow
+
+
+def filtered(
+    service: str | None,
+    environment: str | None,
+    actor: str | None,
+    action: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> Select[Any]:
+    """Audit rows matching every filter given, in position order."""
+    query = select(AuditRow)
+    for column, value in (
+        (AuditRow.service, service),
+        (AuditRow.environment, environment),
+        (AuditRow.action, action),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    if actor is not None:
+        query = query.where((AuditRow.actor_name == actor.lower()) | (AuditRow.actor_id == actor))
+    for bound in (since, until):
+        if bound is not None and bound.tzinfo is None:
+            raise InvalidInput("since and until need a time zone, such as 2026-01-01T00:00:00Z")
+    if since is not None:
+        query = query.where(AuditRow.recorded_at >= since)
+    if until is not None:
+        query = query.where(AuditRow.recorded_at <= until)
+    return query.order_by(AuditRow.position)
+
+
+def page(
+    session: Session, query: Select[Any], *, after: int | None, limit: int
+) -> tuple[list[AuditRow], int | None]:
+    """Up to `limit` rows after position `after`, and the cursor of the next page (or None)."""
+    if after is not None:
+        query = query.where(AuditRow.position > after)
+    rows = list(session.scalars(query.limit(limit)))
+    return rows, (rows[-1].position if len(rows) == limit else None)

@@ -1,0 +1,54 @@
+"""Who is calling, and the role checks that need nothing but the caller, as dependencies."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from configsync.auth.authenticator import Authenticator, credentials
+from configsync.auth.permissions import ADMIN, AUDITOR, Caller, require_role
+from configsync.db import unit_of_work
+from configsync.deps import SessionDep, session_factory
+
+
+def get_authenticator(request: Request) -> Authenticator:
+    authenticator: Authenticator = request.app.state.authenticator
+    return authenticator
+
+
+AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
+
+
+def get_caller(request: Request, session: SessionDep) -> Caller:
+    return get_authenticator(request).resolve(session, credentials(request.headers))
+
+
+def get_caller_briefly(request: Request) -> Caller:
+    """The caller, from the caches or a session of its own that is closed before the endpoint
+    runs: for endpoints that wait (long polls) and must not hold a connection meanwhile."""
+    authenticator = get_authenticator(request)
+    creds = credentials(request.headers)
+    caller = authenticator.cached(creds)
+    if caller is not None:
+        return caller
+    with unit_of_work(session_factory(request)) as session:
+        return authenticator.resolve(session, creds)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+BriefCallerDep = Annotated[Caller, Depends(get_caller_briefly)]
+
+
+def get_admin(caller: CallerDep) -> Caller:
+    require_role(caller, ADMIN)
+    return caller
+
+
+def get_auditor_or_admin(caller: CallerDep) -> Caller:
+    require_role(caller, ADMIN, AUDITOR)
+    return caller
+
+
+AdminDep = Annotated[Caller, Depends(get_admin)]
+AuditorOrAdminDep = Annotated[Caller, Depends(get_auditor_or_admin)]

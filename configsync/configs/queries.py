@@ -1,0 +1,281 @@
+"""The config domain's reads: current and past states, history, diffs, compare, listings.
+
+Queries take the caller's Session, write nothing and return typed values; the endpoints shape
+them into answers. All the SQL of the config endpoints is here or in the store and projections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from configsync.auth.models import ServiceRow
+from configsync.auth.permissions import Caller, readable
+from configsync.domain.documents import Change, Document, apply_changes, compute_changes
+from configsync.domain.events import CONFIG_CHANGED, ConfigChanged, stream_name, summarize
+from configsync.domain.names import DEFAULT_ENVIRONMENT, validate_name
+from configsync.errors import Deleted, InvalidInput, NotFound
+from configsync.events import StoredEvent, read_stream, stream_version, version_at
+from projections import current, snapshots
+from projections.current import ConfigCurrentRow
+
+
+def service_owner(session: Session, service: str) -> tuple[bool, str | None]:
+    """(does the service exist, who owns it)."""
+    row = session.get(ServiceRow, service)
+    return (row is not None, row.owner_id if row else None)
+
+
+def missing(service: str, environment: str, state: current.CurrentConfig | None) -> NotFound:
+    """The error for a config that is not there: Deleted (with its version) or NotFound."""
+    if state is not None and state.deleted:
+        return Deleted(
+            f"config {service}/{environment} was deleted at version {state.version}",
+            deleted_at_version=state.version,
+        )
+    return NotFound(f"config {service}/{environment} not found")
+
+
+def get(
+    session: Session, service: str, environment: str = DEFAULT_ENVIRONMENT
+) -> current.CurrentConfig:
+    """The current config; NotFound if it never existed, Deleted if it was deleted."""
+    validate_name("service", service)
+    validate_name("environment", environment)
+    state = current.read(session, service, environment)
+    if state is None or state.deleted:
+        raise missing(service, environment, state)
+    return state
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSummary:
+    service: str
+    environment: str
+    version: int
+    updated_at: datetime
+
+
+def list_readable(session: Session, caller: Caller) -> list[ConfigSummary]:
+    """The configs `caller` may read (not deleted), by service and environment."""
+    query = (
+        select(
+            ConfigCurrentRow.service,
+            ConfigCurrentRow.environment,
+            ConfigCurrentRow.version,
+            ConfigCurrentRow.updated_at,
+        )
+        .join(ServiceRow, ServiceRow.name == ConfigCurrentRow.service)
+        .where(ConfigCurrentRow.deleted.is_(False))
+        .where(
+            readable(
+                caller, ConfigCurrentRow.service, ConfigCurrentRow.environment, ServiceRow.owner_id
+            )
+        )
+        .order_by(ConfigCurrentRow.service, ConfigCurrentRow.environment)
+    )
+    return [ConfigSummary(*row) for row in session.execute(query)]
+
+
+@dataclass(frozen=True, slots=True)
+class PastConfig:
+    service: str
+    environment: str
+    version: int
+    document: Document
+    deleted: bool
+    recorded_at: datetime
+    actor: dict[str, Any]
+
+
+def state_at(session: Session, service: str, environment: str, version: int) -> PastConfig:
+    """The config right after `version` was appended (deleted or not).
+
+    Folds from the nearest snapshot at or below `version`, so the cost does not grow with
+    the length of the history.
+    """
+    validate_name("service", service)
+    validate_name("environment", environment)
+    if version < 1:
+        raise InvalidInput("version must be 1 or more")
+    stream = stream_name(service, environment)
+    snap = snapshots.latest(session, stream, version)
+    events = read_stream(
+        session, stream, from_version=snap.version if snap else 1, up_to_version=version
+    )
+    if not events or events[-1].version != version:
+        raise NotFound(f"config {service}/{environment} has no version {version}")
+    document: Document = snap.document if snap else {}
+    for event in events[1:] if snap else events:
+        document = apply_changes(document, event.data["changes"])
+    last = events[-1]
+    return PastConfig(
+        service=service,
+        environment=environment,
+        version=version,
+        document=document,
+        deleted=bool(last.data.get("deleted")),
+        recorded_at=last.recorded_at,
+        actor=last.metadata.get("actor") or {},
+    )
+
+
+def get_version(session: Session, service: str, environment: str, version: int) -> PastConfig:
+    """The document as it was at `version`; Deleted if that version deleted it."""
+    return _present(state_at(session, service, environment, version), f"version {version}")
+
+
+def get_as_of(session: Session, service: str, environment: str, instant: datetime) -> PastConfig:
+    """The document as it was at `instant`."""
+    validate_name("service", service)
+    validate_name("environment", environment)
+    if instant.tzinfo is None:
+        raise InvalidInput("as_of needs a time zone, such as 2026-01-01T00:00:00Z")
+    version = version_at(session, stream_name(service, environment), instant)
+    if version == 0:
+        raise NotFound(f"config {service}/{environment} did not exist at {instant.isoformat()}")
+    return _present(state_at(session, service, environment, version), instant.isoformat())
+
+
+def _present(state: PastConfig, when: str) -> PastConfig:
+    if state.deleted:
+        raise Deleted(
+            f"config {state.service}/{state.environment} was deleted at {when}",
+            deleted_at_version=state.version,
+        )
+    return state
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    version: int
+    recorded_at: datetime
+    actor: dict[str, Any] | None
+    action: str
+    summary: str
+    reason: str | None
+    rollback_of: int | None
+    promoted_from: dict[str, Any] | None
+    position: int
+
+    @classmethod
+    def of(cls, event: StoredEvent) -> HistoryEntry:
+        payload = ConfigChanged.from_data(event.data, event.version)
+        return cls(
+            version=event.version,
+            recorded_at=event.recorded_at,
+            actor=event.metadata.get("actor"),
+            action=payload.action,
+            summary=summarize(payload.changes),
+            reason=payload.reason,
+            rollback_of=payload.rollback_of,
+            promoted_from=payload.promoted_from,
+            position=event.position,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    items: list[HistoryEntry]
+    next_before_version: int | None
+
+
+def history(
+    session: Session,
+    service: str,
+    environment: str,
+    *,
+    limit: int = 50,
+    before_version: int | None = None,
+) -> HistoryPage:
+    """Versions newest first, `limit` at a time; page on with `before_version`."""
+    validate_name("service", service)
+    validate_name("environment", environment)
+    events = read_stream(
+        session,
+        stream_name(service, environment),
+        up_to_version=before_version - 1 if before_version is not None else None,
+        newest_first=True,
+        limit=limit,
+    )
+    if not events and before_version is None:
+        raise NotFound(f"config {service}/{environment} not found")
+    items = [HistoryEntry.of(e) for e in events if e.type == CONFIG_CHANGED]
+    last = events[-1].version if events else 1
+    return HistoryPage(
+        items=items, next_before_version=last if len(events) == limit and last > 1 else None
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """Changes as the diff endpoints show them: op, path, old and new, plus counts."""
+
+    changes: list[dict[str, Any]]
+    stats: dict[str, int]
+
+    @classmethod
+    def of(cls, changes: list[Change]) -> Difference:
+        shown = []
+        stats = {"added": 0, "removed": 0, "changed": 0}
+        for change in changes:
+            item: dict[str, Any] = {"op": change["op"], "path": change["path"]}
+            if "old" in change:
+                item["old"] = change["old"]
+            if "value" in change:
+                item["new"] = change["value"]
+            shown.append(item)
+            stats[{"add": "added", "remove": "removed", "replace": "changed"}[change["op"]]] += 1
+        return cls(changes=shown, stats=stats)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionDiff:
+    from_version: int
+    to_version: int
+    difference: Difference
+
+
+def diff(
+    session: Session, service: str, environment: str, from_version: int, to_version: int | None
+) -> VersionDiff:
+    """What changed between two versions (`to_version` defaults to the current one)."""
+    if to_version is None:
+        to_version = stream_version(session, stream_name(service, environment))
+        if to_version == 0:
+            raise NotFound(f"config {service}/{environment} not found")
+    a = state_at(session, service, environment, from_version)
+    b = state_at(session, service, environment, to_version)
+    return VersionDiff(
+        from_version, to_version, Difference.of(compute_changes(a.document, b.document))
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    service: str
+    from_environment: str
+    to_environment: str
+    from_version: int
+    to_version: int
+    difference: Difference
+
+
+def compare(
+    session: Session, service: str, from_environment: str, to_environment: str
+) -> Comparison:
+    """What differs between two environments' current documents."""
+    a = get(session, service, from_environment)
+    b = get(session, service, to_environment)
+    return Comparison(
+        service=service,
+        from_environment=from_environment,
+        to_environment=to_environment,
+        from_version=a.version,
+        to_version=b.version,
+        difference=Difference.of(compute_changes(a.document, b.document)),
+    )

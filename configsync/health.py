@@ -1,0 +1,54 @@
+"""Operations routes: the original root, liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine, text
+
+import configsync
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/")
+def root() -> dict[str, str]:
+    """Health check of the original ConfigSync."""
+    return {"status": "ok", "service": "ConfigSync", "version": configsync.__version__}
+
+
+@router.get("/health/live")
+def live() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/health/ready")
+def ready(request: Request) -> JSONResponse:
+    """The database (and the broker, when one is configured) answer."""
+    engine: Engine = request.app.state.engine
+    checks: dict[str, str] = {}
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unavailable: {exc.__class__.__name__}"
+    redis_url = request.app.state.settings.redis_url
+    if redis_url:
+        checks["broker"] = _ping_broker(redis_url)
+    ok = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        {"status": "ok" if ok else "unavailable", "checks": checks},
+        status_code=200 if ok else 503,
+    )
+
+
+def _ping_broker(url: str) -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping()
+        return "ok"
+    except Exception as exc:
+        return f"unavailable: {exc.__class__.__name__}"

@@ -1,0 +1,32 @@
+"""JSON answers and error bodies: serialized one way for every route."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+
+def dumps(value: Any) -> bytes:
+    """JSON bytes, fast: orjson, or the standard library for integers beyond 64 bits."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON answer serialized by `dumps`, not by FastAPI's default encoder."""
+    return Response(dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def error_body(status: int, detail: Any, error: str, **extra: Any) -> dict[str, Any]:
+    """`{"detail": what is wrong, "error": the error type's name, ...extras}`."""
+    return {"detail": detail, "error": error, **extra}
+
+
+def error_response(status: int, detail: Any, error: str, **extra: Any) -> Response:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return json_response(error_body(status, detail, error, **extra), status, headers)

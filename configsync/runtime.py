@@ -1,0 +1,104 @@
+"""What a running API process holds, made once and wired explicitly: the engine and sessions,
+the caches (callers, configs), the change feed that keeps them coherent, the group commit and
+the write path's listeners (task dispatch, this process's cache and long polls)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from configsync.auth.authenticator import Authenticator
+from configsync.configs.commands import ReadyWrite, WritePath, record
+from configsync.configs.reader import ConfigReader
+from configsync.db import make_engine, make_session_factory
+from configsync.domain.events import split_stream
+from configsync.events import StoredEvent
+from configsync.events.group import GroupCommit
+from configsync.feed import ChangeFeed, ConfigMoved, KeyRevoked, Message
+from configsync.settings import Settings
+from configsync.tasks import Dispatcher
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    session_factory: sessionmaker[Session]
+    authenticator: Authenticator
+    reader: ConfigReader
+    dispatcher: Dispatcher
+    group: GroupCommit[ReadyWrite, StoredEvent] | None
+    feed: ChangeFeed | None
+    write_path: WritePath
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        postgres = not settings.is_sqlite
+        engine = make_engine(
+            settings.database_url,
+            lock_timeout=settings.lock_timeout_seconds,
+            idle_in_transaction_timeout=settings.idle_in_transaction_timeout_seconds,
+        )
+        session_factory = make_session_factory(engine)
+        reader = ConfigReader(session_factory)
+        dispatcher = Dispatcher(settings, session_factory)
+        # Group commit on PostgreSQL (configsync.events.group). Not on SQLite: there a request's
+        # transaction holds the database's one write lock, which the group's transaction needs.
+        group: GroupCommit[ReadyWrite, StoredEvent] | None = None
+        if postgres and settings.group_commit:
+            group = GroupCommit.for_database(
+                settings.database_url,
+                record,
+                lock_timeout=settings.lock_timeout_seconds,
+                idle_in_transaction_timeout=settings.idle_in_transaction_timeout_seconds,
+            )
+
+        def committed(event: StoredEvent) -> None:
+            service, environment = split_stream(event.stream)
+            reader.changed(ConfigMoved(service, environment, event.version))
+
+        runtime = cls(
+            settings=settings,
+            engine=engine,
+            session_factory=session_factory,
+            authenticator=Authenticator(settings),
+            reader=reader,
+            dispatcher=dispatcher,
+            group=group,
+            feed=None,
+            write_path=WritePath(group=group, listeners=(committed, dispatcher)),
+        )
+        if postgres:
+            runtime.feed = ChangeFeed(
+                settings.database_url,
+                on_message=runtime.changed,
+                on_connected=lambda: runtime.trust_caches(True),
+                on_disconnected=lambda: runtime.trust_caches(False),
+            )
+        return runtime
+
+    def changed(self, message: Message) -> None:
+        """A change-feed message from any process."""
+        if isinstance(message, ConfigMoved):
+            self.reader.changed(message)
+        elif isinstance(message, KeyRevoked):
+            self.authenticator.forget(message.key_hash)
+
+    def trust_caches(self, enabled: bool) -> None:
+        """Caches are used only while the change feed can tell them what changed."""
+        self.reader.cache.switch(enabled)
+        self.authenticator.keys.switch(enabled)
+
+    def start(self) -> None:
+        if self.feed is not None:
+            self.feed.start()
+
+    def stop(self) -> None:
+        if self.feed is not None:
+            self.feed.stop()
+        self.dispatcher.close()
+        self.engine.dispose()
+        if self.group is not None:
+            self.group.close()
