@@ -28,6 +28,7 @@ lint: install
 	$(BIN)/ruff check configsync projections tests bench alembic
 	$(BIN)/ruff format --check configsync projections tests bench alembic
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff check --fix configsync projections tests bench alembic

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 
 import configsync
+from configsync.http import Out
 
 router = APIRouter(tags=["operations"])
 
@@ -23,7 +24,12 @@ def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/health/ready")
+class Readiness(Out):
+    status: str
+    checks: dict[str, str]
+
+
+@router.get("/health/ready", response_model=Readiness, responses={503: {"model": Readiness}})
 def ready(request: Request) -> JSONResponse:
     """The database (and the broker, when one is configured) answer."""
     engine: Engine = request.app.state.engine

@@ -6,7 +6,24 @@ import json
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
+
+
+class Out(BaseModel):
+    """A response body: exactly these fields (a test checks every JSON answer against it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorOut(BaseModel):
+    """Every error: what is wrong, the error type's name, and structured extras where they help
+    (`current_version`, `deleted_at_version`, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    detail: str | list[dict[str, Any]] = Field(description="what is wrong")
+    error: str = Field(description="the error type, such as NotFound or VersionConflict")
 
 
 def dumps(value: Any) -> bytes:

@@ -320,6 +320,63 @@ class Api:
         return int(scalar(self.engine, "SELECT count(*) FROM events"))
 
 
+class SchemaCheck:
+    """Every JSON answer a test receives must match the schema its route declares: the
+    response model for its status (errors: configsync.http.ErrorOut), extra fields refused."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.adapters: dict[Any, Any] = {}
+
+    @property
+    def routes(self) -> list[Any]:
+        """The app's routes (read on each answer: a test may add some), routers flattened.
+
+        FastAPI keeps an included router whole; ours are included without a prefix."""
+        from fastapi.routing import APIRoute
+
+        found: list[Any] = []
+        pending = list(self.app.routes)
+        while pending:
+            route = pending.pop(0)
+            if isinstance(route, APIRoute):
+                found.append(route)
+            elif hasattr(route, "original_router"):
+                pending.extend(route.original_router.routes)
+        return found
+
+    def __call__(self, response: Any) -> None:
+        from pydantic import TypeAdapter
+        from starlette.routing import Match
+
+        from configsync.http import ErrorOut
+
+        if not response.headers.get("content-type", "").startswith("application/json"):
+            return
+        response.read()
+        request = response.request
+        scope = {
+            "type": "http",
+            "path": request.url.path,
+            "root_path": "",
+            "method": request.method,
+        }
+        route = next((r for r in self.routes if r.matches(scope)[0] == Match.FULL), None)
+        status = response.status_code
+        declared = route.responses.get(status, {}).get("model") if route else None
+        model = declared or (ErrorOut if status >= 400 else route and route.response_model)
+        assert model is not None, f"{request.method} {request.url.path} declares no response model"
+        if model not in self.adapters:
+            self.adapters[model] = TypeAdapter(model)
+        try:
+            self.adapters[model].validate_json(response.content)
+        except Exception as exc:
+            raise AssertionError(
+                f"{request.method} {request.url.path} answered {status} with a body that does "
+                f"not match {getattr(model, '__name__', model)}: {exc}\n{response.text[:500]}"
+            ) from None
+
+
 def make_api(
     url: str, engine: Engine, *, wait_for_feed: bool = True, **settings: Any
 ) -> Iterator[Api]:
@@ -333,6 +390,7 @@ def make_api(
     settings.setdefault("audit_log", f"{tempfile.mkdtemp(prefix='configsync-audit-')}/audit.log")
     app = create_app(Settings(database_url=url, secret_key=TEST_SECRET, **settings))
     with TestClient(app) as client:
+        client.event_hooks["response"].append(SchemaCheck(app))
         feed = app.state.change_feed
         if feed is not None and wait_for_feed:
             assert feed.connected.wait(10), "the change feed did not connect"

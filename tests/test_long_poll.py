@@ -87,3 +87,65 @@ def test_a_long_poll_on_the_embedded_database_sees_a_write(sqlite_api: Api) -> N
     writer.join()
     assert response.status_code == 200 and response.json()["version"] == 2
     assert took < 3
+
+
+def _warm(api: Api, headers: dict[str, str]) -> None:
+    """Read once so that this process's cache holds the config (trusted while the feed is up)."""
+    assert api.get(URL, headers=headers).status_code == 200
+    assert api.app.state.config_reader.cached("pay", "prod") is not None
+
+
+def test_a_long_poll_on_a_warm_cache_waits_the_whole_wait(pg_api: Api) -> None:
+    owner = pg_api.person("owner@example.com")
+    pg_api.put(URL, headers=owner, json={"data": {"A": 1}})
+    key = {"X-API-Key": pg_api.key(owner, "pay")}
+    _warm(pg_api, key)
+    response, took = _timed_get(pg_api, URL + "?wait=3", {**key, "If-None-Match": '"1"'})
+    assert response.status_code == 304 and response.headers["etag"] == '"1"'
+    assert 2.9 < took < 4.5
+
+
+def _wakes_soon_after_the_commit(poller: Api, writer: Api, owner: dict[str, str]) -> None:
+    """A write 1 s into a 10 s wait answers the poll with the new version within 200 ms."""
+    done: dict[str, float] = {}
+
+    def write() -> None:
+        time.sleep(1.0)
+        response = writer.put(URL, headers=owner, json={"data": {"A": 2}})
+        done["write"] = time.monotonic()  # the write has committed before its answer starts
+        assert response.status_code == 200
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    response, took = _timed_get(poller, URL + "?wait=10", {**owner, "If-None-Match": '"1"'})
+    done["poll"] = time.monotonic()
+    thread.join()
+    assert response.status_code == 200 and response.json()["version"] == 2
+    assert 0.9 < took < 3
+    assert done["poll"] - done["write"] < 0.2
+
+
+def test_a_write_in_the_same_process_wakes_a_warm_long_poll_at_once(pg_api: Api) -> None:
+    owner = pg_api.person("owner@example.com")
+    pg_api.put(URL, headers=owner, json={"data": {"A": 1}})
+    _warm(pg_api, owner)
+    _wakes_soon_after_the_commit(pg_api, pg_api, owner)
+
+
+def test_a_write_in_another_process_wakes_a_warm_long_poll_at_once(
+    pg_api: Api, other_process: Api
+) -> None:
+    owner = pg_api.person("owner@example.com")
+    pg_api.put(URL, headers=owner, json={"data": {"A": 1}})
+    _warm(pg_api, owner)
+    _wakes_soon_after_the_commit(pg_api, other_process, owner)
+
+
+def test_a_write_wakes_an_embedded_long_poll_without_waiting_for_a_timer(
+    sqlite_api: Api,
+) -> None:
+    owner = sqlite_api.person("owner@example.com")
+    sqlite_api.put(URL, headers=owner, json={"data": {"A": 1}})
+    _wakes_soon_after_the_commit(sqlite_api, sqlite_api, owner)
+    response, took = _timed_get(sqlite_api, URL + "?wait=2", {**owner, "If-None-Match": '"2"'})
+    assert response.status_code == 304 and 1.9 < took < 3.5

@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import Select
 
 from configsync.audit.queries import filtered, page
+from configsync.audit.schemas import AuditPage, ChainVerified, EventsPage, ProjectionsOut
 from configsync.auth.deps import AdminDep, AuditorOrAdminDep
 from configsync.deps import SessionDep, session_factory
 from configsync.events import format_instant, read_after, verify_chain
@@ -41,7 +42,7 @@ CSV_FIELDS = [
 ]
 
 
-@router.get("/v1/audit")
+@router.get("/v1/audit", response_model=AuditPage)
 def audit_log(
     request: Request,
     session: SessionDep,
@@ -117,7 +118,7 @@ def _csv_row(row: AuditRow) -> dict[str, Any]:
     return item
 
 
-@router.get("/v1/audit/verify")
+@router.get("/v1/audit/verify", response_model=ChainVerified)
 def audit_verify(session: SessionDep, _caller: AuditorOrAdminDep) -> Response:
     """Walk the hash chain of every event: ok, how many were checked, the first bad position."""
     report = verify_chain(session)
@@ -130,7 +131,7 @@ def audit_verify(session: SessionDep, _caller: AuditorOrAdminDep) -> Response:
     )
 
 
-@router.get("/v1/events")
+@router.get("/v1/events", response_model=EventsPage)
 def events_feed(
     session: SessionDep,
     _caller: AuditorOrAdminDep,
@@ -158,7 +159,7 @@ def events_feed(
     return json_response({"items": items, "next_after": next_after})
 
 
-@router.get("/v1/projections")
+@router.get("/v1/projections", response_model=ProjectionsOut)
 def projections_status(session: SessionDep, _admin: AdminDep) -> Response:
     """Each projection's position and how many events it is behind."""
     rows = status_all(session)

@@ -15,7 +15,9 @@ from configsync.auth.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyOut,
+    KeyMe,
     Login,
+    PersonMe,
     SignedUp,
     Signup,
     Token,
@@ -112,13 +114,11 @@ def login(credentials: LoginForm, session: SessionDep, settings: SettingsDep) ->
     return json_response({"access_token": token, "token_type": "bearer", "expires_in": lifetime})
 
 
-@router.get("/v1/me")
+@router.get("/v1/me", response_model=PersonMe | KeyMe)
 def me(session: SessionDep, caller: CallerDep) -> Response:
     """Who the caller is: a person, or the API key it authenticated with."""
     if caller.is_person:
-        user = session.get(UserRow, caller.id)
-        assert user is not None
-        return json_response({"kind": "user", **_user(user)})
+        return json_response({"kind": "user", **_user(service.active_user(session, caller.id))})
     return json_response(
         {
             "kind": caller.kind,

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
+from configsync.http import Out
+
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -21,13 +23,13 @@ class Login(Body):
     password: str
 
 
-class Token(BaseModel):
+class Token(Out):
     access_token: str
     token_type: str = "bearer"
     expires_in: int
 
 
-class UserOut(BaseModel):
+class UserOut(Out):
     id: str
     email: str
     role: str
@@ -35,7 +37,7 @@ class UserOut(BaseModel):
     created_at: str
 
 
-class SignedUp(BaseModel):
+class SignedUp(Out):
     id: str
     email: str
     role: str
@@ -54,7 +56,7 @@ class ApiKeyCreate(Body):
     expires_in_days: int | None = Field(None, ge=1, le=3650)
 
 
-class ApiKeyOut(BaseModel):
+class ApiKeyOut(Out):
     id: str
     name: str
     prefix: str
@@ -66,7 +68,7 @@ class ApiKeyOut(BaseModel):
     revoked: bool
 
 
-class ApiKeyCreated(BaseModel):
+class ApiKeyCreated(Out):
     id: str
     name: str
     key: str = Field(description="shown this once; only its hash is kept")
@@ -76,3 +78,16 @@ class ApiKeyCreated(BaseModel):
     permission: str
     expires_at: str | None
     created_at: str
+
+
+class PersonMe(UserOut):
+    kind: Literal["user"]
+
+
+class KeyMe(Out):
+    kind: Literal["api_key", "legacy_key"]
+    id: str
+    name: str
+    service: str | None
+    environment: str | None
+    permission: str | None

@@ -33,6 +33,7 @@ from configsync.configs.reader import ConfigReader, Lookup, response_body
 from configsync.configs.reads import WAIT, Answer, ReadRequest, decide, parse_etag
 from configsync.configs.rendering import MEDIA_TYPES, render
 from configsync.configs.schemas import (
+    CompareOut,
     ConfigDelete,
     ConfigDeleted,
     ConfigList,
@@ -45,6 +46,7 @@ from configsync.configs.schemas import (
     LegacyUpdated,
     PromoteBody,
     RollbackBody,
+    RolledBack,
 )
 from configsync.configs.schemas import ConfigWrite as ConfigWriteBody
 from configsync.deps import SessionDep, SettingsDep
@@ -344,7 +346,7 @@ def config_diff(
     )
 
 
-@router.get("/v1/services/{service}/compare", response_model=DiffOut, tags=["configs"])
+@router.get("/v1/services/{service}/compare", response_model=CompareOut)
 def compare_environments(
     service: str,
     session: SessionDep,
@@ -368,7 +370,7 @@ def compare_environments(
     )
 
 
-@router.post(CONFIG_PATH + "/rollback", response_model=ConfigWritten, responses={412: {}})
+@router.post(CONFIG_PATH + "/rollback", response_model=RolledBack, responses={412: {}})
 def rollback_config(
     body: RollbackBody, session: SessionDep, access: RollbackAccess, ctx: WriteContextDep
 ) -> Response:

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from configsync.http import Out
+
 REASON = Field(None, max_length=1000, description="why: kept with the event, shown in history")
 
 
@@ -37,7 +39,7 @@ class LegacyUpdate(Body):
     reason: str | None = REASON
 
 
-class ConfigOut(BaseModel):
+class ConfigOut(Out):
     service: str
     environment: str
     version: int
@@ -50,32 +52,32 @@ class ConfigWritten(ConfigOut):
     changed: bool
 
 
-class ConfigDeleted(BaseModel):
+class ConfigDeleted(Out):
     service: str
     environment: str
     version: int
     deleted: bool = True
 
 
-class ConfigListItem(BaseModel):
+class ConfigListItem(Out):
     service: str
     environment: str
     version: int
     updated_at: str
 
 
-class ConfigList(BaseModel):
+class ConfigList(Out):
     items: list[ConfigListItem]
 
 
-class LegacyConfig(BaseModel):
+class LegacyConfig(Out):
     service: str
     environment: str
     version: int
     config: dict[str, Any]
 
 
-class LegacyUpdated(BaseModel):
+class LegacyUpdated(Out):
     status: str
     message: str
     service: str
@@ -100,7 +102,7 @@ class PromoteBody(Body):
     )
 
 
-class HistoryItem(BaseModel):
+class HistoryItem(Out):
     version: int
     recorded_at: str
     actor: dict[str, Any] | None
@@ -112,18 +114,36 @@ class HistoryItem(BaseModel):
     position: int
 
 
-class HistoryOut(BaseModel):
+class HistoryOut(Out):
     items: list[HistoryItem]
     next_before_version: int | None
 
 
-class Change(BaseModel):
+class Change(Out):
     op: str
     path: list[str]
     old: Any = None
     new: Any = None
 
 
-class DiffOut(BaseModel):
+class Differences(Out):
     changes: list[Change]
     stats: dict[str, int]
+
+
+class DiffOut(Differences):
+    from_: int = Field(alias="from")
+    to: int
+
+
+class CompareOut(Differences):
+    service: str
+    from_env: str
+    to_env: str
+    from_version: int
+    to_version: int
+
+
+class RolledBack(ConfigWritten):
+    rollback_of: int
+    message: str | None = Field(None, description="set when nothing was appended")
