@@ -28,6 +28,7 @@ from bench._common import fresh_database, percentile
 from configsync.app import create_app
 from configsync.auth.tokens import issue
 from configsync.db import make_engine
+from configsync.domain.events import CONFIG_CHANGED
 from configsync.events import append
 from configsync.settings import Settings
 
@@ -151,6 +152,7 @@ def backlog_run(url: str, engine: object, backlog: int, audit_log: str) -> None:
                         "deleted": False,
                     },
                     actor,
+                    type=CONFIG_CHANGED,
                 )
                 versions[stream] = version + 1
                 written += 1

@@ -121,6 +121,14 @@ def require_role(caller: Caller, *roles: str) -> None:
         raise Forbidden(f"only {' and '.join(r + 's' for r in roles)} may do this")
 
 
+def authorize_key_management(caller: Caller) -> None:
+    """Listing and revoking keys: people who may own services (users, admins)."""
+    if not caller.is_person:
+        raise Forbidden("API keys cannot manage API keys")
+    if caller.role == AUDITOR:
+        raise Forbidden("auditors cannot manage API keys")
+
+
 def authorize_owner_or_admin(
     caller: Caller, service: str, owner_id: str | None, exists: bool, what: str
 ) -> None:

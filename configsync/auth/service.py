@@ -17,10 +17,10 @@ from configsync.auth.models import ApiKeyRow, ServiceRow, UserRow
 from configsync.auth.passwords import check_password_rules, hash_password, verify_password
 from configsync.auth.permissions import (
     ADMIN,
-    AUDITOR,
     ROLES,
     USER,
     Caller,
+    authorize_key_management,
     authorize_owner_or_admin,
 )
 from configsync.db import after_commit, utcnow
@@ -155,10 +155,7 @@ def create_api_key(
 
 
 def list_api_keys(session: Session, caller: Caller) -> list[ApiKeyRow]:
-    if not caller.is_person:
-        raise Forbidden("API keys cannot manage API keys")
-    if caller.role == AUDITOR:
-        raise Forbidden("auditors cannot manage API keys")
+    authorize_key_management(caller)
     query = select(ApiKeyRow).order_by(ApiKeyRow.created_at)
     if not caller.is_admin:
         owned = select(ServiceRow.name).where(ServiceRow.owner_id == caller.id)
@@ -173,8 +170,7 @@ def revoke_api_key(
     drops it from this process's cache once the revocation has committed."""
     row = session.get(ApiKeyRow, key_id)
     if row is None:
-        if not caller.is_person:
-            raise Forbidden("API keys cannot manage API keys")
+        authorize_key_management(caller)
         raise NotFound(f"API key {key_id} not found")
     exists, owner = service_owner(session, row.service)
     try:
