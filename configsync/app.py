@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import configsync
-from configsync import exception_handlers, health
+from configsync import docs, exception_handlers, health
 from configsync.audit.endpoints import router as audit_router
 from configsync.auth.endpoints import router as auth_router
 from configsync.configs.endpoints import legacy as legacy_router
@@ -37,6 +37,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=configsync.__version__,
         description="Event-sourced, versioned configuration store for microservices.",
         lifespan=lifespan,
+        docs_url=None,  # configsync.docs serves /docs from local assets
+        redoc_url=None,  # ReDoc would load its script from a CDN
     )
     # What request dependencies reach (configsync.deps, configsync.auth.deps, the endpoints).
     app.state.runtime = runtime
@@ -44,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = runtime.engine
     app.state.session_factory = runtime.session_factory
     app.state.authenticator = runtime.authenticator
+    app.state.login_throttle = runtime.login_throttle
     app.state.config_reader = runtime.reader
     app.state.write_path = runtime.write_path
     app.state.change_feed = runtime.feed
@@ -51,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last, so outermost: request ids and the body limit apply to every request.
     app.add_middleware(RequestGuard, max_body=settings.max_document_bytes + BODY_OVERHEAD)
     exception_handlers.install(app, max_depth=settings.max_document_depth)
+    docs.install(app)
     for router in (health.router, legacy_router, auth_router, configs_router, audit_router):
         app.include_router(router)
     return app

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# A write is sent at most this many times (the first try and its retries), with backoff.
+WRITE_ATTEMPTS = 4
+RETRY_BASE_SECONDS = 0.25
 
 
 class ClientError(Exception):
@@ -45,6 +51,25 @@ class Client:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise ClientError(0, f"cannot reach {self._http.base_url}: {exc}") from None
+        return self._answer(response)
+
+    def _write(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A write, sent with an Idempotency-Key and sent again (same key) when the server was
+        unavailable or the connection failed: the server appends it at most once."""
+        headers = {**kwargs.pop("headers", {}), "Idempotency-Key": uuid.uuid4().hex}
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                response = self._http.request(method, path, headers=headers, **kwargs)
+            except httpx.TransportError as exc:
+                if attempt + 1 == WRITE_ATTEMPTS:
+                    raise ClientError(0, f"cannot reach {self._http.base_url}: {exc}") from None
+            else:
+                if response.status_code != 503 or attempt + 1 == WRITE_ATTEMPTS:
+                    return self._answer(response)
+            time.sleep(min(RETRY_BASE_SECONDS * 2**attempt, 5.0) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    def _answer(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)
@@ -91,10 +116,50 @@ class Client:
         )
         return answer
 
+    def put(
+        self,
+        service: str,
+        environment: str,
+        data: dict[str, Any],
+        *,
+        reason: str | None = None,
+        expected_version: int | None = None,
+    ) -> dict[str, Any]:
+        """Replace the document (expected_version 0: it must not exist yet)."""
+        body = {"data": data, "reason": reason, "expected_version": expected_version}
+        answer: dict[str, Any] = self._write(
+            "PUT", f"/v1/configs/{service}/{environment}", json=body
+        )
+        return answer
+
+    def patch(
+        self,
+        service: str,
+        environment: str,
+        merge: dict[str, Any],
+        *,
+        reason: str | None = None,
+        expected_version: int | None = None,
+    ) -> dict[str, Any]:
+        """Apply a JSON merge patch: null removes a key."""
+        body = {"data": merge, "reason": reason, "expected_version": expected_version}
+        answer: dict[str, Any] = self._write(
+            "PATCH", f"/v1/configs/{service}/{environment}", json=body
+        )
+        return answer
+
+    def delete(
+        self, service: str, environment: str, *, reason: str | None = None
+    ) -> dict[str, Any]:
+        answer: dict[str, Any] = self._write(
+            "DELETE", f"/v1/configs/{service}/{environment}", json={"reason": reason}
+        )
+        return answer
+
     def rollback(
         self, service: str, environment: str, to_version: int, reason: str | None
     ) -> dict[str, Any]:
-        answer: dict[str, Any] = self._call(
+        answer: dict[str, Any] = self._write(
             "POST",
             f"/v1/configs/{service}/{environment}/rollback",
             json={"to_version": to_version, "reason": reason},

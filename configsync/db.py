@@ -111,6 +111,11 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get(READ_ONLY):
+            # A reader (see read_only): a deferred transaction, which in WAL mode reads a
+            # snapshot and never holds a writer up.
+            conn.exec_driver_sql("BEGIN")
+            return
         # BEGIN IMMEDIATE takes the write lock up front. A deferred transaction that reads and
         # then writes can fail with SQLITE_BUSY when another writer committed in between, and no
         # timeout helps then; taking the lock first serializes writers cleanly. This is also what
@@ -122,6 +127,16 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
+
+
+READ_ONLY = "configsync_read_only"
+
+
+def read_only(factory: sessionmaker[Session]) -> sessionmaker[Session]:
+    """Sessions of `factory`'s engine for work that only reads (long exports): on SQLite they
+    do not take the database's write lock, as every other transaction does (see below)."""
+    engine: Engine = factory.kw["bind"]
+    return make_session_factory(engine.execution_options(**{READ_ONLY: True}))
 
 
 def after_commit(session: Session, callback: Callable[[], None]) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 class ConfigSyncError(Exception):
     status_code = 400
+    headers: dict[str, str] = {}
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -87,3 +88,13 @@ class VersionConflict(ConfigSyncError):
 
 class ServiceUnavailable(ConfigSyncError):
     status_code = 503
+
+
+class Throttled(ConfigSyncError):
+    """Too many attempts: try again after `retry_after` seconds."""
+
+    status_code = 429
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail, retry_after=retry_after)
+        self.headers = {"Retry-After": str(retry_after)}

@@ -34,7 +34,9 @@ def install(app: FastAPI, *, max_depth: int) -> None:
 
     @app.exception_handler(ConfigSyncError)
     async def domain_error(request: Request, exc: ConfigSyncError) -> Response:
-        return error_response(exc.status_code, exc.detail, type(exc).__name__, **exc.extra)
+        return error_response(
+            exc.status_code, exc.detail, type(exc).__name__, exc.headers, **exc.extra
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:

@@ -7,9 +7,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 
 import configsync
-from configsync.http import Out
+from configsync.http import Out, errors
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], responses=errors(413, 422))
 
 
 @router.get("/")

@@ -44,6 +44,32 @@ def error_body(status: int, detail: Any, error: str, **extra: Any) -> dict[str, 
     return {"detail": detail, "error": error, **extra}
 
 
-def error_response(status: int, detail: Any, error: str, **extra: Any) -> Response:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return json_response(error_body(status, detail, error, **extra), status, headers)
+def error_response(
+    status: int, detail: Any, error: str, headers: dict[str, str] | None = None, **extra: Any
+) -> Response:
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
+    return json_response(error_body(status, detail, error, **extra), status, headers or None)
+
+
+ERROR_DESCRIPTIONS = {
+    401: "not authenticated: no, a bad, an expired or a revoked token or key",
+    403: "authenticated, but not allowed to do this",
+    404: "not found (or not visible to the caller: the same answer)",
+    409: "conflicts with what exists (an account, a service created meanwhile)",
+    412: "the config is not at the version the request expected (If-Match, expected_version)",
+    413: "the request body or the document is too large",
+    422: "the request is malformed: the detail says which part and why",
+    429: "too many attempts: retry after the Retry-After header's seconds",
+    503: "the database is unavailable or busy: retry shortly (with the same Idempotency-Key)",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error statuses: each with the one error schema."""
+    return {s: {"model": ErrorOut, "description": ERROR_DESCRIPTIONS[s]} for s in statuses}
+
+
+def alternatives(media_types: dict[str, str]) -> dict[str, Any]:
+    """Content other than JSON a 200 may carry: media type -> description of the text."""
+    return {m: {"schema": {"type": "string", "description": d}} for m, d in media_types.items()}

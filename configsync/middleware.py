@@ -7,7 +7,9 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from configsync.errors import InvalidInput
 from configsync.http import dumps, error_body
+from configsync.hygiene import check_form_body, check_json_body, check_query
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Room for the envelope around a document (reason, expected_version, whitespace).
@@ -15,9 +17,12 @@ BODY_OVERHEAD = 64 * 1024
 
 
 class RequestGuard:
-    """Raw ASGI middleware: request ids, and request bodies over the limit refused before parsing.
+    """Raw ASGI middleware, outermost: request ids, the body limit and input hygiene.
 
-    Written against ASGI directly because it runs on every request, including the hot read path.
+    Written against ASGI directly because it runs on every request, including the hot read
+    path, where it costs two substring tests. A request body (writes, logins) is read whole
+    here, refused with 413 past the limit whether or not it announced its length, checked by
+    configsync.hygiene, and handed on unchanged.
     """
 
     def __init__(self, app: ASGIApp, max_body: int) -> None:
@@ -30,11 +35,14 @@ class RequestGuard:
             return
         incoming = None
         length = None
+        content_type = b""
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 incoming = value.decode("latin-1")
             elif name == b"content-length":
                 length = value
+            elif name == b"content-type":
+                content_type = value
         rid = incoming if incoming and REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
         rid_header = (b"x-request-id", rid.encode())
@@ -47,38 +55,92 @@ class RequestGuard:
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             await self._too_large(send_with_id)
             return
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise _BodyTooLarge
-            return message
-
         try:
-            await self.app(scope, limited_receive, send_with_id)
-        except _BodyTooLarge:
+            if "\x00" in scope["path"]:
+                raise InvalidInput("the path contains a NUL character (U+0000)")
+            check_query(scope.get("query_string", b""))
+        except InvalidInput as exc:
+            await _refuse(send_with_id, exc)
+            return
+        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send_with_id)
+            return
+        body = await self._read_body(receive)
+        if body is None:
             await self._too_large(send_with_id)
+            return
+        try:
+            _check_body(body, content_type)
+        except InvalidInput as exc:
+            await _refuse(send_with_id, exc)
+            return
+        await self.app(scope, _replay(body, receive), send_with_id)
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole body, or None once it passes the limit."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client went away; the app will see it too
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
 
     async def _too_large(self, send: Send) -> None:
-        body = dumps(
-            error_body(413, f"request body is larger than {self.max_body} bytes", "BodyTooLarge")
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        detail = f"request body is larger than {self.max_body} bytes"
+        await _refuse(send, InvalidInput(detail), status=413, error="BodyTooLarge")
 
 
-class _BodyTooLarge(Exception):
-    pass
+def _check_body(body: bytes, content_type: bytes) -> None:
+    if not body:
+        return
+    if content_type.startswith(b"multipart/"):
+        if b"\x00" in body:
+            raise InvalidInput("the form contains a NUL character (U+0000), which cannot be stored")
+        return
+    # JSON whatever the label: the original README's `curl -d '{...}'` says form-urlencoded.
+    if content_type.startswith(b"application/x-www-form-urlencoded") and body.lstrip()[:1] not in (
+        b"{",
+        b"[",
+    ):
+        check_form_body(body)
+    else:
+        check_json_body(body)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # http.disconnect, when it comes
+
+    return replay
+
+
+async def _refuse(
+    send: Send, exc: InvalidInput, *, status: int | None = None, error: str | None = None
+) -> None:
+    status = status or exc.status_code
+    body = dumps(error_body(status, exc.detail, error or type(exc).__name__))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

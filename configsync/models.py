@@ -5,6 +5,7 @@ from __future__ import annotations
 
 def import_all_models() -> None:
     import configsync.auth.models
+    import configsync.configs.idempotency
     import configsync.events.models  # noqa: F401
     import projections.base
     import projections.registry  # noqa: F401  (every projection, and so its tables)

@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from configsync.auth.authenticator import Authenticator
+from configsync.auth.throttle import LoginThrottle
 from configsync.configs.commands import ReadyWrite, WritePath, record
 from configsync.configs.reader import ConfigReader
 from configsync.db import make_engine, make_session_factory
@@ -27,6 +28,7 @@ class Runtime:
     engine: Engine
     session_factory: sessionmaker[Session]
     authenticator: Authenticator
+    login_throttle: LoginThrottle
     reader: ConfigReader
     dispatcher: Dispatcher
     group: GroupCommit[ReadyWrite, StoredEvent] | None
@@ -64,6 +66,7 @@ class Runtime:
             engine=engine,
             session_factory=session_factory,
             authenticator=Authenticator(settings),
+            login_throttle=LoginThrottle(settings),
             reader=reader,
             dispatcher=dispatcher,
             group=group,

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from configsync.errors import ConfigurationError
@@ -62,12 +62,29 @@ class Settings(BaseSettings):
     # PostgreSQL, API processes: how long a statement waits for a lock (the append and stream
     # locks included) before the request fails with 503, and how long a transaction may sit idle
     # before the server ends it. One stuck transaction cannot hold every writer forever.
+    # Failed logins allowed in a moving window ("N per M seconds|minutes|hours"), per account
+    # and per client address; past either, logins answer 429 with Retry-After.
+    login_failures_per_account: str = "10 per 5 minutes"
+    login_failures_per_address: str = "50 per 5 minutes"
+    # How long an Idempotency-Key is remembered: a retry within it returns the first outcome.
+    idempotency_key_hours: float = Field(24.0, gt=0, le=24 * 30)
     lock_timeout_seconds: float = Field(10.0, gt=0, le=600)
     idle_in_transaction_timeout_seconds: float = Field(60.0, gt=0, le=3600)
     # Tests only: seconds to sleep inside each projection batch, before it commits, so a test
     # can kill a worker in the middle of one.
     debug_batch_delay: float = Field(0.0, ge=0)
     log_level: str = "INFO"
+
+    @field_validator("login_failures_per_account", "login_failures_per_address")
+    @classmethod
+    def _a_rate(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate such as '10 per 5 minutes'") from None
+        return value
 
     @model_validator(mode="after")
     def _refuse_weak_secret_in_production(self) -> Settings:

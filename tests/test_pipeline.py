@@ -24,24 +24,9 @@ from tests.conftest import (
     eventually,
     free_port,
     make_api,
-    missing_service,
-    redis_url_for_tests,
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def redis_url() -> str:
-    import redis
-
-    url = redis_url_for_tests()
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=2)
-        client.flushdb()
-    except Exception as exc:
-        missing_service(f"Redis is not reachable at {url}: {exc}")
-    return url
 
 
 @pytest.fixture

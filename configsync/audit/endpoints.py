@@ -6,23 +6,25 @@ import csv
 import io
 import json
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import Select
+from sqlalchemy.orm import Session
 
-from configsync.audit.queries import filtered, page
+from configsync.audit.queries import audit_end, count, filtered, page
 from configsync.audit.schemas import AuditPage, ChainVerified, EventsPage, ProjectionsOut
 from configsync.auth.deps import AdminDep, AuditorOrAdminDep
+from configsync.db import read_only
 from configsync.deps import SessionDep, session_factory
 from configsync.events import format_instant, read_after, verify_chain
-from configsync.http import dumps, json_response
+from configsync.http import alternatives, dumps, errors, json_response
+from configsync.hygiene import Instant
 from projections.audit import AuditRow, as_item
 from projections.registry import status_all
 
-router = APIRouter(tags=["audit"])
+router = APIRouter(tags=["audit"], responses=errors(401, 403, 413, 422, 503))
 
 CSV_FIELDS = [
     "position",
@@ -42,7 +44,26 @@ CSV_FIELDS = [
 ]
 
 
-@router.get("/v1/audit", response_model=AuditPage)
+@router.get(
+    "/v1/audit",
+    response_model=AuditPage,
+    responses={
+        200: {
+            "content": alternatives(
+                {
+                    "application/x-ndjson": "format=jsonl: one audit item per line",
+                    "text/csv": "format=csv: a header row, then one row per item",
+                }
+            ),
+            "headers": {
+                "X-Export-Rows": {
+                    "description": "with format=jsonl|csv: how many rows a complete export has",
+                    "schema": {"type": "integer"},
+                }
+            },
+        }
+    },
+)
 def audit_log(
     request: Request,
     session: SessionDep,
@@ -53,8 +74,8 @@ def audit_log(
     action: Annotated[
         str | None, Query(pattern="^(created|updated|deleted|rolled_back|promoted)$")
     ] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Instant | None = None,
+    until: Instant | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[
         int | None, Query(ge=0, description="next_cursor of the previous page")
@@ -64,50 +85,57 @@ def audit_log(
     """The audit log in position order, filtered and paged; `format=jsonl|csv` exports it all."""
     query = filtered(service, environment, actor, action, since, until)
     if format is not None:
-        return _export(request, query, format)
+        return _export(request, session, query, format)
     rows, next_cursor = page(session, query, after=cursor, limit=limit)
     return json_response({"items": [as_item(r) for r in rows], "next_cursor": next_cursor})
 
 
-def _export(request: Request, query: Select[Any], fmt: str) -> StreamingResponse:
-    """Stream every matching row, a page at a time: never the whole export in memory."""
-    factory = session_factory(request)
+EXPORT_PAGE = 1000
+
+
+def _export(request: Request, session: Session, query: Select[Any], fmt: str) -> Response:
+    """Stream every matching row, a page at a time: never the whole export in memory.
+
+    Everything that can fail before the first byte is done before the status line: the
+    parameters are checked, the rows are bounded by the log's end as it is now, counted (the
+    `X-Export-Rows` header, so a reader can tell a complete export) and the first page is
+    read. Later pages are read each in a short transaction of its own, so an export holds no
+    lock between them (on SQLite, none that writers wait for). If a page fails mid-stream the
+    connection is aborted: the export is cut off, never ended cleanly as if complete.
+    """
+    bounded = query.where(AuditRow.position <= audit_end(session))
+    rows = count(session, bounded)
+    first, _ = page(session, bounded, after=None, limit=EXPORT_PAGE)
+    readers = read_only(session_factory(request))
 
     def pages() -> Iterator[list[AuditRow]]:
-        # Its own session: the response streams after the request's unit of work has ended.
-        after = -1
-        with factory() as session:
-            while True:
-                rows, _ = page(session, query, after=after, limit=1000)
-                if not rows:
-                    return
-                yield rows
-                after = rows[-1].position
+        batch = first
+        while batch:
+            yield batch
+            if len(batch) < EXPORT_PAGE:
+                return
+            with readers() as reader:
+                batch, _ = page(reader, bounded, after=batch[-1].position, limit=EXPORT_PAGE)
 
-    def jsonl() -> Iterator[bytes]:
-        for rows in pages():
-            yield b"".join(dumps(as_item(r)) + b"\n" for r in rows)
-
-    def csv_lines() -> Iterator[bytes]:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        for rows in pages():
-            for row in rows:
-                item = _csv_row(row)
-                writer.writerow(item)
-            yield buffer.getvalue().encode()
-            buffer.seek(0)
-            buffer.truncate()
-        yield buffer.getvalue().encode()
-
+    headers = {"X-Export-Rows": str(rows)}
     if fmt == "jsonl":
-        return StreamingResponse(jsonl(), media_type="application/x-ndjson")
-    return StreamingResponse(
-        csv_lines(),
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": 'attachment; filename="configsync-audit.csv"'},
-    )
+        body = (b"".join(dumps(as_item(r)) + b"\n" for r in batch) for batch in pages())
+        return StreamingResponse(body, media_type="application/x-ndjson", headers=headers)
+    headers["Content-Disposition"] = 'attachment; filename="configsync-audit.csv"'
+    return StreamingResponse(_csv(pages()), media_type="text/csv; charset=utf-8", headers=headers)
+
+
+def _csv(pages: Iterator[list[AuditRow]]) -> Iterator[bytes]:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for rows in pages:
+        for row in rows:
+            writer.writerow(_csv_row(row))
+        yield buffer.getvalue().encode()
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue().encode()
 
 
 def _csv_row(row: AuditRow) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from configsync.errors import InvalidInput
@@ -49,3 +49,12 @@ def page(
         query = query.where(AuditRow.position > after)
     rows = list(session.scalars(query.limit(limit)))
     return rows, (rows[-1].position if len(rows) == limit else None)
+
+
+def audit_end(session: Session) -> int:
+    """The last position the audit projection holds."""
+    return int(session.scalar(select(func.max(AuditRow.position))) or 0)
+
+
+def count(session: Session, query: Select[Any]) -> int:
+    return int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 
 from configsync.auth.authenticator import Authenticator, credentials
 from configsync.auth.permissions import ADMIN, AUDITOR, Caller, require_role
+from configsync.auth.throttle import LoginThrottle
 from configsync.db import unit_of_work
 from configsync.deps import SessionDep, session_factory
 
@@ -20,11 +22,30 @@ def get_authenticator(request: Request) -> Authenticator:
 AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
 
 
-def get_caller(request: Request, session: SessionDep) -> Caller:
+def get_login_throttle(request: Request) -> LoginThrottle:
+    throttle: LoginThrottle = request.app.state.login_throttle
+    return throttle
+
+
+ThrottleDep = Annotated[LoginThrottle, Depends(get_login_throttle)]
+
+
+# Declared for the OpenAPI document (and so /docs' Authorize button): a bearer token from the
+# password flow at /auth/login, or an API key. The credentials themselves are read by
+# configsync.auth.authenticator.credentials, which also takes a key as a bearer token.
+BearerToken = Annotated[
+    str | None, Depends(OAuth2PasswordBearer(tokenUrl="/auth/login", auto_error=False))
+]
+ApiKeyHeader = Annotated[str | None, Depends(APIKeyHeader(name="X-API-Key", auto_error=False))]
+
+
+def get_caller(
+    request: Request, session: SessionDep, _token: BearerToken, _key: ApiKeyHeader
+) -> Caller:
     return get_authenticator(request).resolve(session, credentials(request.headers))
 
 
-def get_caller_briefly(request: Request) -> Caller:
+def get_caller_briefly(request: Request, _token: BearerToken, _key: ApiKeyHeader) -> Caller:
     """The caller, from the caches or a session of its own that is closed before the endpoint
     runs: for endpoints that wait (long polls) and must not hold a connection meanwhile."""
     authenticator = get_authenticator(request)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import ValidationError
 
 from configsync.auth import service, tokens
-from configsync.auth.deps import AdminDep, AuthenticatorDep, CallerDep
+from configsync.auth.deps import AdminDep, AuthenticatorDep, CallerDep, ThrottleDep
 from configsync.auth.models import ApiKeyRow, UserRow
 from configsync.auth.schemas import (
     ApiKeyCreate,
@@ -25,11 +25,11 @@ from configsync.auth.schemas import (
     UserUpdate,
 )
 from configsync.deps import SessionDep, SettingsDep
-from configsync.errors import InvalidInput
+from configsync.errors import InvalidInput, Unauthorized
 from configsync.events import format_instant
-from configsync.http import json_response
+from configsync.http import errors, json_response
 
-router = APIRouter(tags=["people and keys"])
+router = APIRouter(tags=["people and keys"], responses=errors(401, 413, 422, 503))
 
 
 async def login_form(request: Request) -> tuple[str, str]:
@@ -75,7 +75,7 @@ def _key(row: ApiKeyRow) -> dict[str, Any]:
     }
 
 
-@router.post("/auth/signup", status_code=201, response_model=SignedUp)
+@router.post("/auth/signup", status_code=201, response_model=SignedUp, responses=errors(409))
 def signup(body: Signup, session: SessionDep) -> Response:
     """Create an account (role `user`)."""
     user = service.signup(session, body.email, body.password)
@@ -85,6 +85,7 @@ def signup(body: Signup, session: SessionDep) -> Response:
 @router.post(
     "/auth/login",
     response_model=Token,
+    responses=errors(429),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -104,10 +105,25 @@ def signup(body: Signup, session: SessionDep) -> Response:
         }
     },
 )
-def login(credentials: LoginForm, session: SessionDep, settings: SettingsDep) -> Response:
-    """Exchange email and password for an access token (JSON body or OAuth2 password form)."""
+def login(
+    credentials: LoginForm,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    throttle: ThrottleDep,
+) -> Response:
+    """Exchange email and password for an access token (JSON body or OAuth2 password form).
+
+    Failed logins are throttled per account and per client address (429 with Retry-After)."""
     email, password = credentials
-    user = service.authenticate(session, email, password)
+    account = service.normalize_email(email)
+    address = request.client.host if request.client else "unknown"
+    throttle.check(account, address)
+    try:
+        user = service.authenticate(session, email, password)
+    except Unauthorized:
+        throttle.failed(account, address)
+        raise
     token, lifetime = tokens.issue(
         user.id, user.role, key=settings.signing_key(), minutes=settings.access_token_minutes
     )
@@ -131,20 +147,22 @@ def me(session: SessionDep, caller: CallerDep) -> Response:
     )
 
 
-@router.get("/v1/users", response_model=list[UserOut])
+@router.get("/v1/users", response_model=list[UserOut], responses=errors(403))
 def list_users(session: SessionDep, _admin: AdminDep) -> Response:
     """Every account (admins only)."""
     return json_response([_user(u) for u in service.list_users(session)])
 
 
-@router.patch("/v1/users/{user_id}", response_model=UserOut)
+@router.patch("/v1/users/{user_id}", response_model=UserOut, responses=errors(403, 404))
 def update_user(user_id: str, body: UserUpdate, session: SessionDep, caller: AdminDep) -> Response:
     """Change an account's role or switch it off (admins only); takes effect on its next request."""
     user = service.update_user(session, caller, user_id, role=body.role, is_active=body.is_active)
     return json_response(_user(user))
 
 
-@router.post("/v1/api-keys", status_code=201, response_model=ApiKeyCreated)
+@router.post(
+    "/v1/api-keys", status_code=201, response_model=ApiKeyCreated, responses=errors(403, 404)
+)
 def create_api_key(body: ApiKeyCreate, session: SessionDep, caller: CallerDep) -> Response:
     """Create a key for one service (the owner or an admin); the key is shown only here."""
     row, key = service.create_api_key(
@@ -161,13 +179,13 @@ def create_api_key(body: ApiKeyCreate, session: SessionDep, caller: CallerDep) -
     return json_response({**out, "key": key}, status=201)
 
 
-@router.get("/v1/api-keys", response_model=list[ApiKeyOut])
+@router.get("/v1/api-keys", response_model=list[ApiKeyOut], responses=errors(403))
 def list_api_keys(session: SessionDep, caller: CallerDep) -> Response:
     """Keys of the services the caller owns (all keys for admins); never the key itself."""
     return json_response([_key(row) for row in service.list_api_keys(session, caller)])
 
 
-@router.delete("/v1/api-keys/{key_id}", status_code=204)
+@router.delete("/v1/api-keys/{key_id}", status_code=204, responses=errors(403, 404))
 def revoke_api_key(
     key_id: str, session: SessionDep, caller: CallerDep, authenticator: AuthenticatorDep
 ) -> Response:

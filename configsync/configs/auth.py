@@ -7,6 +7,7 @@ configsync.auth.permissions) and hands the endpoint the result; the endpoint doe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -21,10 +22,12 @@ from configsync.auth.permissions import (
     authorize_write,
 )
 from configsync.configs.commands import WriteContext, WritePath
+from configsync.configs.idempotency import IdempotencyKey, claim
 from configsync.configs.queries import service_owner
 from configsync.deps import SessionDep, SettingsDep, client_name, request_id
 from configsync.domain.documents import Limits
 from configsync.domain.names import validate_name
+from configsync.errors import NotFound
 from configsync.settings import Settings
 
 
@@ -56,6 +59,14 @@ def write_access(session: Session, caller: Caller, service: str, environment: st
     access = _lookup(session, caller, service, environment)
     authorize_write(caller, service, environment, access.owner_id, access.exists)
     return access
+
+
+def expect_existing(access: ConfigAccess, expected_version: int | None) -> None:
+    """A write that names a version of (or deletes) a service that does not exist is answered
+    exactly as one to a service the caller may not see (404): no write probes which names are
+    taken. (Without a version, or with 0, a write to a free name creates the service.)"""
+    if not access.exists and expected_version:
+        raise NotFound(f"service {access.service!r} not found")
 
 
 def history_access(
@@ -119,9 +130,22 @@ def limits(settings: Settings) -> Limits:
     )
 
 
-def write_context(request: Request, caller: Caller, settings: Settings) -> WriteContext:
-    """Who writes, from which request, under which limits, along this process's write path."""
+def write_context(
+    request: Request, caller: Caller, settings: Settings, session: Session, body: bytes
+) -> WriteContext:
+    """Who writes, from which request, under which limits, along this process's write path;
+    with an Idempotency-Key, the key (locked for this transaction) and its first outcome."""
     path: WritePath = request.app.state.write_path
+    key = used = None
+    header = request.headers.get("idempotency-key")
+    if header is not None:
+        key = IdempotencyKey.of(
+            caller.id,
+            header,
+            (request.method, request.url.path, body, request.headers.get("if-match", "")),
+            timedelta(hours=settings.idempotency_key_hours),
+        )
+        used = claim(session, key)
     return WriteContext(
         actor=caller.actor(),
         request_id=request_id(request),
@@ -129,11 +153,26 @@ def write_context(request: Request, caller: Caller, settings: Settings) -> Write
         limits=limits(settings),
         max_reason_length=settings.max_reason_length,
         path=path,
+        idempotency=key,
+        used=used,
     )
 
 
-def _write_context(request: Request, caller: CallerDep, settings: SettingsDep) -> WriteContext:
-    return write_context(request, caller, settings)
+async def raw_body(request: Request) -> bytes:
+    return await request.body()
+
+
+RawBody = Annotated[bytes, Depends(raw_body)]
+
+
+def _write_context(
+    request: Request,
+    caller: CallerDep,
+    settings: SettingsDep,
+    session: SessionDep,
+    body: RawBody,
+) -> WriteContext:
+    return write_context(request, caller, settings, session, body)
 
 
 WriteContextDep = Annotated[WriteContext, Depends(_write_context)]

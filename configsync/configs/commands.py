@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from configsync.auth.models import ServiceRow
+from configsync.configs.idempotency import IdempotencyKey, Used, remember
 from configsync.configs.queries import get, missing, state_at
 from configsync.db import after_commit, insert_missing, utcnow
 from configsync.domain.actor import Actor
@@ -43,7 +44,7 @@ from configsync.domain.events import (
 )
 from configsync.domain.names import validate_name
 from configsync.errors import AlreadyExists, InvalidInput, VersionConflict
-from configsync.events import NewEvent, StoredEvent, append_batch, lock_stream
+from configsync.events import NewEvent, StoredEvent, append_batch, lock_stream, read_stream
 from configsync.events.canonical import canonical_json
 from configsync.events.group import GroupCommit
 from configsync.feed import ConfigMoved, notify
@@ -79,6 +80,9 @@ class WriteContext:
     limits: Limits = field(default_factory=Limits)
     max_reason_length: int = 1000
     path: WritePath = DIRECT
+    # Idempotency-Key of the request, and the outcome it was first used for (a retry).
+    idempotency: IdempotencyKey | None = None
+    used: Used | None = None
 
     def metadata(self) -> dict[str, Any]:
         return {"actor": self.actor.as_json(), "request_id": self.request_id, "client": self.client}
@@ -168,6 +172,8 @@ def _write(
     validate_name("service", service)
     validate_name("environment", environment)
     check_reason(reason, ctx.max_reason_length)
+    if ctx.used is not None:
+        return _replay(session, ctx.used)
     stream = stream_name(service, environment)
     # Held to the end of the transaction: the changes computed below are against the document
     # that is really current when the event is appended.
@@ -175,6 +181,7 @@ def _write(
     state = current.read(session, service, environment)
     version = state.version if state else 0
     exists = state is not None and not state.deleted
+    new_service = state is None and session.get(ServiceRow, service) is None
     if expected_version is not None and expected_version != version:
         raise VersionConflict(stream, expected_version, version)
     # current.read parsed the document just now: it is ours. The builders of the new document
@@ -189,6 +196,8 @@ def _write(
         assert new_document is not None
         new = new_document(old)
         if exists and state and documents_equal(old, new):
+            if ctx.idempotency is not None:
+                remember(session, [ctx.idempotency.row(stream, state.version, changed=False)])
             return _unchanged(state)
 
     changes = compute_changes(old, new)
@@ -208,8 +217,9 @@ def _write(
         event=NewEvent(stream, version, payload.to_data(), ctx.metadata(), type=CONFIG_CHANGED),
         # Computed here, outside the append lock, and by the same code that rebuilds `current`.
         document_json=canonical_json(current.next_document(old, changes)),
-        creates_service=not exists and session.get(ServiceRow, service) is None,
+        creates_service=new_service,
         owner_id=ctx.actor.id if ctx.actor.kind == "user" else None,
+        idempotency=ctx.idempotency,
     )
     if ctx.path.group is not None:
         # Durable when this returns, in a transaction shared with other writers; this session
@@ -244,6 +254,7 @@ class ReadyWrite:
     document_json: str  # the document after the event, canonical JSON
     creates_service: bool  # the service had no row when the write was authorized
     owner_id: str | None  # the owner a service this write creates gets
+    idempotency: IdempotencyKey | None = None  # recorded with the event, in its transaction
 
 
 def record(session: Session, writes: Sequence[ReadyWrite]) -> list[StoredEvent | Exception]:
@@ -267,6 +278,14 @@ def record(session: Session, writes: Sequence[ReadyWrite]) -> list[StoredEvent |
         if isinstance(outcome, StoredEvent):
             appended.append((outcome, writes[index].document_json))
     apply_inline(session, appended)
+    remember(
+        session,
+        [
+            key.row(outcome.stream, outcome.version, changed=True)
+            for write, outcome in zip(writes, outcomes, strict=True)
+            if isinstance(outcome, StoredEvent) and (key := write.idempotency) is not None
+        ],
+    )
     notify(session, [_moved(event) for event, _ in appended])
     return [outcome for outcome in outcomes if outcome is not None]
 
@@ -311,6 +330,28 @@ def _moved(event: StoredEvent) -> ConfigMoved:
 
 def _bind(listener: EventListener, event: StoredEvent) -> Callable[[], None]:
     return lambda: listener(event)
+
+
+def _replay(session: Session, used: Used) -> WriteResult:
+    """The outcome a retried request had the first time, rebuilt from the log."""
+    service, environment = split_stream(used.stream)
+    (event,) = read_stream(
+        session, used.stream, from_version=used.version, up_to_version=used.version
+    )
+    payload = ConfigChanged.from_data(event.data, event.version)
+    past = state_at(session, service, environment, used.version)
+    return WriteResult(
+        service=service,
+        environment=environment,
+        version=used.version,
+        document=past.document,
+        changed=used.changed,
+        created=used.changed and payload.action == CREATED,
+        deleted=payload.deleted,
+        updated_at=event.recorded_at,
+        updated_by=event.metadata.get("actor") or {},
+        event=event if used.changed else None,
+    )
 
 
 def _unchanged(state: current.CurrentConfig) -> WriteResult:

@@ -21,8 +21,10 @@ from configsync.configs.auth import (
     ConfigWrite,
     HistoryRead,
     PromoteAccess,
+    RawBody,
     RollbackAccess,
     WriteContextDep,
+    expect_existing,
     read_access,
     write_access,
     write_context,
@@ -53,10 +55,12 @@ from configsync.deps import SessionDep, SettingsDep
 from configsync.domain.names import DEFAULT_ENVIRONMENT, validate_name
 from configsync.errors import InvalidInput
 from configsync.events import format_instant
-from configsync.http import json_response
+from configsync.http import alternatives, errors, json_response
+from configsync.hygiene import Instant
 
-router = APIRouter(tags=["configs"])
-legacy = APIRouter(tags=["original ConfigSync"])
+router = APIRouter(tags=["configs"], responses=errors(401, 404, 413, 422, 503))
+legacy = APIRouter(tags=["original ConfigSync"], responses=errors(401, 404, 413, 422, 503))
+WRITE_ERRORS = errors(403, 409, 412)
 
 CONFIG_PATH = "/v1/configs/{service}/{environment}"
 
@@ -75,7 +79,17 @@ ReaderDep = Annotated[ConfigReader, Depends(get_reader)]
 @router.get(
     CONFIG_PATH,
     response_model=ConfigOut,
-    responses={304: {"description": "not modified"}, 404: {"description": "not found or deleted"}},
+    responses={
+        200: {
+            "content": alternatives(
+                {
+                    "text/plain": "format=dotenv: KEY='value' lines",
+                    "application/yaml": "format=yaml: the document as YAML",
+                }
+            )
+        },
+        304: {"description": "not modified: the caller has the current version"},
+    },
 )
 async def read_config(
     service: str,
@@ -84,7 +98,7 @@ async def read_config(
     caller: BriefCallerDep,
     reader: ReaderDep,
     version: Annotated[int | None, Query(ge=1)] = None,
-    as_of: Annotated[datetime | None, Query(description="ISO-8601 instant")] = None,
+    as_of: Annotated[Instant | None, Query(description="ISO-8601 instant")] = None,
     format: Annotated[str, Query(pattern="^(json|dotenv|yaml)$")] = "json",
     consistent: bool = False,
     wait: Annotated[
@@ -221,7 +235,7 @@ def _written(result: WriteResult, extra: dict[str, Any] | None = None) -> Respon
 @router.put(
     CONFIG_PATH,
     response_model=ConfigWritten,
-    responses={201: {"model": ConfigWritten, "description": "created"}, 412: {}},
+    responses={201: {"model": ConfigWritten, "description": "created"}, **WRITE_ERRORS},
 )
 def put_config(
     body: ConfigWriteBody,
@@ -231,6 +245,8 @@ def put_config(
     ctx: WriteContextDep,
 ) -> Response:
     """Replace the whole document (201 when it creates the config)."""
+    expected = _expected(request, body.expected_version)
+    expect_existing(access, expected)
     result = commands.replace(
         session,
         access.service,
@@ -238,7 +254,7 @@ def put_config(
         body.data,
         ctx,
         reason=body.reason,
-        expected_version=_expected(request, body.expected_version),
+        expected_version=expected,
     )
     return _written(result)
 
@@ -246,7 +262,7 @@ def put_config(
 @router.patch(
     CONFIG_PATH,
     response_model=ConfigWritten,
-    responses={201: {"model": ConfigWritten, "description": "created"}, 412: {}},
+    responses={201: {"model": ConfigWritten, "description": "created"}, **WRITE_ERRORS},
 )
 def patch_config(
     body: ConfigWriteBody,
@@ -256,6 +272,8 @@ def patch_config(
     ctx: WriteContextDep,
 ) -> Response:
     """Apply a JSON Merge Patch (RFC 7396) to the document: null removes a key."""
+    expected = _expected(request, body.expected_version)
+    expect_existing(access, expected)
     result = commands.patch(
         session,
         access.service,
@@ -263,12 +281,12 @@ def patch_config(
         body.data,
         ctx,
         reason=body.reason,
-        expected_version=_expected(request, body.expected_version),
+        expected_version=expected,
     )
     return _written(result)
 
 
-@router.delete(CONFIG_PATH, response_model=ConfigDeleted, responses={412: {}})
+@router.delete(CONFIG_PATH, response_model=ConfigDeleted, responses=WRITE_ERRORS)
 def delete_config(
     request: Request,
     session: SessionDep,
@@ -278,13 +296,15 @@ def delete_config(
 ) -> Response:
     """Delete the config: a deleting event is appended and the history stays."""
     body = body or ConfigDelete()
+    expected = _expected(request, body.expected_version)
+    expect_existing(access, expected_version=1)  # a service that does not exist has nothing
     result = commands.delete(
         session,
         access.service,
         access.environment,
         ctx,
         reason=body.reason,
-        expected_version=_expected(request, body.expected_version),
+        expected_version=expected,
     )
     return json_response(
         {
@@ -300,7 +320,7 @@ def delete_config(
 # --- history, diffs, rollback, promotion ------------------------------------------------------
 
 
-@router.get(CONFIG_PATH + "/history", response_model=HistoryOut)
+@router.get(CONFIG_PATH + "/history", response_model=HistoryOut, responses=errors(403))
 def config_history(
     session: SessionDep,
     access: HistoryRead,
@@ -332,7 +352,7 @@ def _difference(difference: Difference) -> dict[str, Any]:
     return {"changes": difference.changes, "stats": difference.stats}
 
 
-@router.get(CONFIG_PATH + "/diff", response_model=DiffOut)
+@router.get(CONFIG_PATH + "/diff", response_model=DiffOut, responses=errors(403))
 def config_diff(
     session: SessionDep,
     access: HistoryRead,
@@ -370,7 +390,7 @@ def compare_environments(
     )
 
 
-@router.post(CONFIG_PATH + "/rollback", response_model=RolledBack, responses={412: {}})
+@router.post(CONFIG_PATH + "/rollback", response_model=RolledBack, responses=WRITE_ERRORS)
 def rollback_config(
     body: RollbackBody, session: SessionDep, access: RollbackAccess, ctx: WriteContextDep
 ) -> Response:
@@ -390,7 +410,11 @@ def rollback_config(
     return json_response(response_body(result, extra), headers={"ETag": f'"{result.version}"'})
 
 
-@router.post(CONFIG_PATH + "/promote", response_model=ConfigWritten, responses={412: {}})
+@router.post(
+    CONFIG_PATH + "/promote",
+    response_model=ConfigWritten,
+    responses={201: {"model": ConfigWritten, "description": "created"}, **WRITE_ERRORS},
+)
 def promote_config(
     body: PromoteBody, session: SessionDep, access: PromoteAccess, ctx: WriteContextDep
 ) -> Response:
@@ -456,6 +480,7 @@ def _validation_message(exc: ValidationError) -> str:
 @legacy.post(
     "/config/update",
     response_model=LegacyUpdated,
+    responses=WRITE_ERRORS,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -465,6 +490,7 @@ def _validation_message(exc: ValidationError) -> str:
 )
 def legacy_update(
     body: Annotated[LegacyUpdate, Depends(legacy_body)],
+    raw: RawBody,
     request: Request,
     session: SessionDep,
     caller: CallerDep,
@@ -477,7 +503,7 @@ def legacy_update(
         body.name,
         body.environment,
         body.config,
-        write_context(request, caller, settings),
+        write_context(request, caller, settings, session, raw),
         reason=body.reason,
     )
     what = f"{body.name}/{body.environment}"

@@ -1,0 +1,299 @@
+"""The edge of the contract: input the database cannot hold, exports, existence, retries.
+
+Each case here was a 500 (or a leak) once; each now gets a 4xx with a JSON detail, and the
+connection it came on goes on serving.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine, event, text
+
+from configsync.db import make_session_factory, unit_of_work
+from configsync.domain.events import CONFIG_CHANGED, ConfigChanged
+from configsync.events import NewEvent, append_batch
+from projections.registry import catch_up_all
+from tests.conftest import Api, clean_env, make_api, running_server
+
+URL = "/v1/configs/pay/prod"
+EARLY = "0001-01-01T00:00:00%2B00:01"  # before year 1 once shifted to UTC
+LATE = "9999-12-31T23:59:59-01:00"  # after year 9999 once shifted to UTC
+
+
+@pytest.fixture
+def people(any_api: Api) -> dict[str, dict[str, str]]:
+    owner = any_api.person("owner@example.com")
+    assert any_api.put(URL, headers=owner, json={"data": {"A": 1}}).status_code == 201
+    return {
+        "owner": owner,
+        "admin": any_api.person("admin@example.com", "admin"),
+        "auditor": any_api.person("auditor@example.com", "auditor"),
+    }
+
+
+def _refused(response: Any, status: int = 422, mentions: str = "") -> None:
+    assert response.status_code == status, response.text[:300]
+    body = response.json()
+    assert body["error"] and body["detail"]
+    assert mentions in str(body["detail"])
+
+
+def test_nul_in_a_login_is_refused_before_any_query(any_api: Api) -> None:
+    as_json = any_api.post("/auth/login", json={"email": "a\u0000b", "password": "x"})
+    _refused(as_json, mentions="body.email")
+    as_form = any_api.post("/auth/login", data={"username": "a\u0000b", "password": "x"})
+    _refused(as_form, mentions="username")
+
+
+def test_nul_anywhere_in_a_request_is_refused(
+    any_api: Api, people: dict[str, dict[str, str]]
+) -> None:
+    admin, owner = people["admin"], people["owner"]
+    key = {"name": "a\u0000b", "service": "pay", "permission": "read"}
+    _refused(any_api.post("/v1/api-keys", headers=owner, json=key), mentions="body.name")
+    for query in ("actor=a%00b", "service=a%00b"):
+        _refused(any_api.get(f"/v1/audit?{query}", headers=admin), mentions=query.split("=")[0])
+    _refused(any_api.patch("/v1/users/a%00b", headers=admin, json={"role": "user"}))
+    _refused(any_api.delete("/v1/api-keys/a%00b", headers=owner))
+    escaped = b'{"data": {"A": "\\ud800"}}'  # a lone surrogate, escaped as JSON allows
+    headers = {**owner, "Content-Type": "application/json"}
+    _refused(any_api.put(URL, headers=headers, content=escaped), mentions="surrogate")
+    assert any_api.events() == 1
+
+
+@pytest.mark.parametrize("instant", [EARLY, LATE])
+def test_instants_out_of_range_after_the_shift_to_utc_are_422(
+    any_api: Api, people: dict[str, dict[str, str]], instant: str
+) -> None:
+    owner, admin = people["owner"], people["admin"]
+    _refused(any_api.get(f"{URL}?as_of={instant}", headers=owner))
+    for bound in ("since", "until"):
+        _refused(any_api.get(f"/v1/audit?{bound}={instant}", headers=admin))
+        _refused(any_api.get(f"/v1/audit?format=jsonl&{bound}={instant}", headers=admin))
+
+
+def test_exports_refuse_bad_parameters_before_the_status_line(
+    any_api: Api, people: dict[str, dict[str, str]]
+) -> None:
+    admin = people["admin"]
+    _refused(any_api.get("/v1/audit?format=csv&actor=a%00b", headers=admin))
+    _refused(any_api.get(f"/v1/audit?format=jsonl&until={EARLY}", headers=admin))
+
+
+def test_a_complete_export_says_how_many_rows_it_has(
+    any_api: Api, people: dict[str, dict[str, str]]
+) -> None:
+    owner, admin = people["owner"], people["admin"]
+    for i in range(2, 5):
+        any_api.put(URL, headers=owner, json={"data": {"A": i}})
+    for fmt in ("jsonl", "csv"):
+        export = any_api.get(f"/v1/audit?format={fmt}", headers=admin)
+        assert export.status_code == 200
+        lines = export.text.splitlines()
+        rows = len(lines) - (1 if fmt == "csv" else 0)  # the CSV header row
+        assert int(export.headers["x-export-rows"]) == rows == 4
+
+
+def test_an_embedded_export_does_not_hold_writers_up(sqlite_api: Api, sqlite: Engine) -> None:
+    owner = sqlite_api.person("owner@example.com")
+    admin = sqlite_api.person("admin@example.com", "admin")
+    sessions = make_session_factory(sqlite)
+    with unit_of_work(sessions) as session:  # more than two export pages of 1,000
+        actor = {"actor": {"kind": "system", "id": "seed", "name": "seed"}}
+        append_batch(
+            session,
+            [
+                NewEvent("seed/prod", v, _payload(v), actor, type=CONFIG_CHANGED)
+                for v in range(2501)
+            ],
+        )
+    catch_up_all(sessions)
+    done: dict[str, Any] = {}
+
+    def export() -> None:
+        with sqlite_api.stream("GET", "/v1/audit?format=jsonl", headers=admin) as response:
+            lines = 0
+            for _line in response.iter_lines():
+                lines += 1
+                if lines == 10:  # mid-export: a write must still go through at once
+                    began = time.monotonic()
+                    done["write"] = sqlite_api.put(URL, headers=owner, json={"data": {"A": 0}})
+                    done["took"] = time.monotonic() - began
+            done["lines"] = lines
+            done["rows"] = int(response.headers["x-export-rows"])
+
+    thread = threading.Thread(target=export)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive()
+    assert done["write"].status_code == 201 and done["took"] < 2
+    assert done["lines"] == done["rows"] == 2501  # bounded by the log's end when it began
+
+
+def _payload(version: int) -> dict[str, Any]:
+    changes = [{"op": "add" if version == 0 else "replace", "path": ["A"], "value": version}]
+    return ConfigChanged(action="updated", changes=changes).to_data()
+
+
+def test_a_chunked_body_over_the_limit_is_413(any_api: Api, people: dict[str, Any]) -> None:
+    def chunks() -> Any:
+        yield b'{"data": {"A": "'
+        for _ in range(400):
+            yield b"x" * 1024
+        yield b'"}}'
+
+    headers = {**people["owner"], "Content-Type": "application/json"}
+    response = any_api.put(URL, headers=headers, content=chunks())
+    _refused(response, 413)
+    assert any_api.events() == 1
+
+
+def test_duplicate_keys_and_deep_nesting_are_named(
+    any_api: Api, people: dict[str, dict[str, str]]
+) -> None:
+    headers = {**people["owner"], "Content-Type": "application/json"}
+    twice = b'{"data": {"A": 1, "A": 2}}'
+    _refused(any_api.put(URL, headers=headers, content=twice), mentions="'A' twice")
+    deep = b'{"name": "pay", "config": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    response = any_api.post("/config/update", headers=headers, content=deep)
+    _refused(response, mentions="nested too deeply")
+    assert "recursion" not in response.text
+    assert any_api.events() == 1
+
+
+def _same_answer(a: Any, b: Any, name_a: str, name_b: str) -> None:
+    skip = {"x-request-id", "date", "content-length"}
+    assert a.status_code == b.status_code
+    assert a.text.replace(name_a, "X") == b.text.replace(name_b, "X")
+    assert {k: v for k, v in a.headers.items() if k not in skip} == {
+        k: v for k, v in b.headers.items() if k not in skip
+    }
+
+
+@pytest.mark.parametrize("if_match", [None, '"999"', '"1"', '"0"'])
+def test_a_service_the_caller_may_not_see_answers_as_one_that_does_not_exist(
+    any_api: Api, people: dict[str, dict[str, str]], if_match: str | None
+) -> None:
+    stranger = any_api.person("stranger@example.com")
+    headers = {**stranger, **({"If-Match": if_match} if if_match else {})}
+    body = {"data": {"A": 2}}
+    requests: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("GET", "/v1/configs/{}/prod", None),
+        ("GET", "/v1/configs/{}/prod/history", None),
+        ("GET", "/v1/configs/{}/prod/diff?from=1", None),
+        ("GET", "/v1/services/{}/compare?from_env=prod&to_env=dev", None),
+        ("DELETE", "/v1/configs/{}/prod", None),
+        ("POST", "/v1/configs/{}/prod/rollback", {"to_version": 1}),
+        ("POST", "/v1/configs/{}/prod/promote", {"to_environment": "dev"}),
+    ]
+    if if_match not in (None, '"0"'):  # otherwise a free name is simply created
+        requests += [("PUT", "/v1/configs/{}/prod", body), ("PATCH", "/v1/configs/{}/prod", body)]
+    for method, path, json in requests:
+        hidden = any_api.request(method, path.format("pay"), headers=headers, json=json)
+        missing = any_api.request(method, path.format("nope"), headers=headers, json=json)
+        assert hidden.status_code == 404, (method, path, hidden.text)
+        _same_answer(hidden, missing, "pay", "nope")
+    assert any_api.events() == 1
+
+
+# --- idempotent retries -----------------------------------------------------------------------
+
+
+def _put(api: Api, headers: dict[str, str], key: str, data: dict[str, Any]) -> Any:
+    return api.put(URL, headers={**headers, "Idempotency-Key": key}, json={"data": data})
+
+
+def test_a_write_sent_twice_with_one_key_appends_once(any_api: Api) -> None:
+    owner = any_api.person("owner@example.com")
+    first = _put(any_api, owner, "k-1", {"A": 1})
+    again = _put(any_api, owner, "k-1", {"A": 1})
+    assert first.status_code == again.status_code == 201
+    assert first.json() == again.json() and first.headers["etag"] == again.headers["etag"]
+    assert any_api.events() == 1
+    other = _put(any_api, owner, "k-1", {"A": 2})  # the same key for another request
+    _refused(other, 422, "different request")
+    assert _put(any_api, owner, "k-2", {"A": 2}).json()["version"] == 2
+    for method in ("PATCH", "DELETE"):
+        key = {"Idempotency-Key": f"k-{method}"}
+        json = {"data": {"B": 1}} if method == "PATCH" else None
+        answers = [
+            any_api.request(method, URL, headers={**owner, **key}, json=json) for _ in range(2)
+        ]
+        assert answers[0].json() == answers[1].json()
+    assert any_api.events() == 4
+
+
+def test_the_same_write_from_two_threads_appends_once(pg_api: Api) -> None:
+    owner = pg_api.person("owner@example.com")
+    pg_api.put(URL, headers=owner, json={"data": {"A": 0}})
+    answers: list[Any] = []
+    barrier = threading.Barrier(2)
+
+    def send() -> None:
+        barrier.wait()
+        answers.append(_put(pg_api, owner, "same", {"A": 1}))
+
+    threads = [threading.Thread(target=send) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[0].json() == answers[1].json()
+    assert pg_api.events() == 2
+
+
+def test_a_retry_on_another_api_process_appends_once(pg_api: Api, pg: Engine) -> None:
+    other = next(make_api(pg_api.url, pg))
+    owner = pg_api.person("owner@example.com")
+    first = _put(pg_api, owner, "k", {"A": 1})
+    again = _put(other, owner, "k", {"A": 1})
+    assert first.json() == again.json() and pg_api.events() == 1
+
+
+def test_a_write_whose_commit_was_cut_off_is_not_repeated_by_its_retry(pg_api: Api) -> None:
+    """The group commit made the event durable, then the request's own connection died before
+    its commit: the client was answered 503. Its retry must find the write, not make it again."""
+    owner = pg_api.person("owner@example.com")
+    pg_api.put(URL, headers=owner, json={"data": {"A": 0}})
+    killed: list[bool] = []
+
+    @event.listens_for(pg_api.app.state.session_factory, "before_commit")
+    def cut_off(session: Any) -> None:
+        if not killed and session.in_transaction():
+            killed.append(True)
+            session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+
+    lost = _put(pg_api, owner, "retry-me", {"A": 1})
+    assert killed and lost.status_code == 503, lost.text
+    assert pg_api.events() == 2  # durable although the client was told otherwise
+    retried = _put(pg_api, owner, "retry-me", {"A": 1})
+    assert retried.status_code == 200 and retried.json()["version"] == 2
+    assert pg_api.events() == 2
+
+
+# --- the connection goes on -------------------------------------------------------------------
+
+
+def test_every_refusal_leaves_the_keep_alive_connection_serving(
+    pg: Engine, pg_url: str, tmp_path: Any
+) -> None:
+    env = clean_env(DATABASE_URL=pg_url, SECRET_KEY="k" * 48, CONFIGSYNC_AUDIT_LOG="x.log")
+    with running_server(tmp_path, env) as url:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        with httpx.Client(base_url=url, limits=limits, timeout=10) as client:
+            bad = [
+                ("POST", "/auth/login", {"json": {"email": "a\u0000b", "password": "x"}}),
+                ("GET", "/v1/audit?actor=a%00b", {}),
+                ("GET", f"{URL}?as_of={LATE}", {}),
+                ("PATCH", "/v1/users/a%00b", {"json": {}}),
+            ]
+            for method, path, kwargs in bad:
+                response = client.request(method, path, **kwargs)
+                assert response.status_code in (401, 422), (path, response.text)
+                assert client.get("/health/live").status_code == 200
