@@ -18,7 +18,7 @@ from configsync.db import make_session_factory, unit_of_work
 from configsync.domain.events import CONFIG_CHANGED, ConfigChanged
 from configsync.events import NewEvent, append_batch
 from projections.registry import catch_up_all
-from tests.conftest import Api, clean_env, make_api, running_server
+from tests.conftest import TEST_SECRET, Api, clean_env, make_api, running_server
 
 URL = "/v1/configs/pay/prod"
 EARLY = "0001-01-01T00:00:00%2B00:01"  # before year 1 once shifted to UTC
@@ -297,3 +297,32 @@ def test_every_refusal_leaves_the_keep_alive_connection_serving(
                 response = client.request(method, path, **kwargs)
                 assert response.status_code in (401, 422), (path, response.text)
                 assert client.get("/health/live").status_code == 200
+
+
+def test_an_export_that_fails_mid_stream_is_cut_off_not_ended_cleanly(
+    pg: Engine, pg_url: str, tmp_path: Any
+) -> None:
+    sessions = make_session_factory(pg)
+    with unit_of_work(sessions) as session:
+        actor = {"actor": {"kind": "system", "id": "seed", "name": "seed"}}
+        events = [
+            NewEvent("seed/prod", v, _payload(v), actor, type=CONFIG_CHANGED) for v in range(1500)
+        ]
+        append_batch(session, events)
+    catch_up_all(sessions)
+    env = clean_env(DATABASE_URL=pg_url, SECRET_KEY=TEST_SECRET, CONFIGSYNC_AUDIT_LOG="x.log")
+    with running_server(tmp_path, env) as url:
+        api = next(make_api(pg_url, pg))
+        admin = api.person("admin@example.com", "admin")
+        lines = 0
+        with pytest.raises(httpx.RemoteProtocolError):  # a reader can tell: never a clean end
+            with httpx.stream("GET", f"{url}/v1/audit?format=jsonl", headers=admin) as response:
+                assert response.status_code == 200
+                for _line in response.iter_lines():
+                    lines += 1
+                    if lines == 1:  # the first page is out: take the table away from the rest
+                        with pg.begin() as conn:
+                            conn.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
+        with pg.begin() as conn:
+            conn.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
+        assert 1 <= lines <= 1000
