@@ -315,14 +315,17 @@ def test_an_export_that_fails_mid_stream_is_cut_off_not_ended_cleanly(
         api = next(make_api(pg_url, pg))
         admin = api.person("admin@example.com", "admin")
         lines = 0
-        with pytest.raises(httpx.RemoteProtocolError):  # a reader can tell: never a clean end
-            with httpx.stream("GET", f"{url}/v1/audit?format=jsonl", headers=admin) as response:
-                assert response.status_code == 200
-                for _line in response.iter_lines():
-                    lines += 1
-                    if lines == 1:  # the first page is out: take the table away from the rest
-                        with pg.begin() as conn:
-                            conn.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
+        export = f"{url}/v1/audit?format=jsonl"
+        with (
+            pytest.raises(httpx.RemoteProtocolError),  # a reader can tell: never a clean end
+            httpx.stream("GET", export, headers=admin) as response,
+        ):
+            assert response.status_code == 200
+            for _line in response.iter_lines():
+                lines += 1
+                if lines == 1:  # the first page is out: take the table away from the rest
+                    with pg.begin() as conn:
+                        conn.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
         with pg.begin() as conn:
             conn.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
         assert 1 <= lines <= 1000
