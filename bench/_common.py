@@ -45,7 +45,9 @@ def fresh_database(url: str | None = None) -> Iterator[str]:
 def reset(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(text("ALTER TABLE events DISABLE TRIGGER USER"))
+        conn.execute(text("ALTER TABLE audit_log DISABLE TRIGGER USER"))
         conn.execute(text("TRUNCATE events, config_current, projection_checkpoints CASCADE"))
+        conn.execute(text("ALTER TABLE audit_log ENABLE TRIGGER USER"))
         conn.execute(text("ALTER TABLE events ENABLE TRIGGER USER"))
 
 

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 import configsync
 from configsync import docs, exception_handlers, health
 from configsync.audit.endpoints import router as audit_router
+from configsync.audit.log_endpoints import router as log_router
 from configsync.auth.endpoints import router as auth_router
 from configsync.configs.endpoints import legacy as legacy_router
 from configsync.configs.endpoints import router as configs_router
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestGuard, max_body=settings.max_document_bytes + BODY_OVERHEAD)
     exception_handlers.install(app, max_depth=settings.max_document_depth)
     docs.install(app)
-    for router in (health.router, legacy_router, auth_router, configs_router, audit_router):
+    routers = (health.router, legacy_router, auth_router, configs_router, audit_router, log_router)
+    for router in routers:
         app.include_router(router)
     return app

@@ -15,6 +15,7 @@ from typing import Any
 
 from configsync.client import DEFAULT_URL, ClientError
 from configsync.errors import ConfigSyncError, InvalidInput
+from configsync.settings import new_log_key
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -111,12 +112,45 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("--json", action="store_true")
     rollback.set_defaults(handler=_rollback)
 
+    blame = commands.add_parser("blame", help="who last changed each key, when and why")
+    blame.add_argument("service")
+    blame.add_argument("-e", "--environment", default="default")
+    blame.add_argument("--json", action="store_true")
+    blame.set_defaults(handler=_blame)
+
     compare = commands.add_parser("compare", help="what differs between two environments")
     compare.add_argument("service")
     compare.add_argument("env_a")
     compare.add_argument("env_b")
     compare.add_argument("--json", action="store_true")
     compare.set_defaults(handler=_compare)
+
+    tlog = commands.add_parser("log", help="the transparency log: key, checkpoints, verification")
+    tlog_commands = tlog.add_subparsers(title="log commands", metavar="ACTION")
+    tlog_key = tlog_commands.add_parser("key", help="print the log's verifier key (C2SP note form)")
+    tlog_key.set_defaults(handler=_log_key)
+    tlog_new = tlog_commands.add_parser(
+        "new-key", help="print a new signing key for CONFIGSYNC_LOG_SIGNING_KEY"
+    )
+    tlog_new.set_defaults(handler=lambda _args: print(new_log_key()) or 0)
+    tlog_sign = tlog_commands.add_parser("checkpoint", help="sign a checkpoint of the log now")
+    tlog_sign.set_defaults(handler=_log_checkpoint)
+    tlog_verify = tlog_commands.add_parser(
+        "verify",
+        help="check kept checkpoints against the log, trusting only configsync.logverify",
+    )
+    tlog_verify.add_argument("--key", required=True, help="the verifier key, or a file holding it")
+    tlog_verify.add_argument(
+        "--checkpoint",
+        action="append",
+        required=True,
+        help="a file of one or more signed checkpoints (repeat for more files)",
+    )
+    tlog_verify.add_argument("--origin", help="the log's name the checkpoints must carry")
+    source = tlog_verify.add_mutually_exclusive_group(required=True)
+    source.add_argument("--events", help="an export of the log: GET /v1/events?format=jsonl")
+    source.add_argument("--url", help="a server to export the log from (a saved login)")
+    tlog_verify.set_defaults(handler=_log_verify)
 
     audit = commands.add_parser("audit", help="the tamper-evident log")
     audit_commands = audit.add_subparsers(title="audit commands", metavar="ACTION")
@@ -171,6 +205,29 @@ def _history(args: argparse.Namespace) -> int:
             (item.get("actor") or {}).get("name", ""),
             action,
             item["summary"],
+            item.get("reason") or "",
+        )
+    _console().print(table)
+    return 0
+
+
+def _blame(args: argparse.Namespace) -> int:
+    answer = _client().blame(args.service, args.environment)
+    if args.json:
+        _print_json(answer)
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"{args.service}/{args.environment}")
+    for column in ("key", "version", "recorded at", "actor", "action", "reason"):
+        table.add_column(column)
+    for item in answer["keys"]:
+        table.add_row(
+            ".".join(item["path"]),
+            str(item["version"]),
+            item["recorded_at"],
+            (item.get("actor") or {}).get("name", ""),
+            item["action"],
             item.get("reason") or "",
         )
     _console().print(table)
@@ -377,20 +434,132 @@ def _projections_verify(_args: argparse.Namespace) -> int:
 
 def _audit_verify(_args: argparse.Namespace) -> int:
     from configsync.events import verify_chain
+    from projections.audit import first_mismatch
 
     session = _session_factory()()
     try:
         report = verify_chain(session)
+        audit_mismatch = first_mismatch(session)
     finally:
         session.close()
     _print_json(
         {
-            "ok": report.ok,
+            "ok": report.ok and audit_mismatch is None,
             "checked": report.checked,
             "first_bad_position": report.first_bad_position,
+            "first_bad_audit_row": audit_mismatch,
         }
     )
-    return 0 if report.ok else 1
+    return 0 if report.ok and audit_mismatch is None else 1
+
+
+def _log_key(_args: argparse.Namespace) -> int:
+    from configsync.audit.log import LogSigner
+    from configsync.settings import get_settings
+
+    print(LogSigner.from_settings(get_settings()).verifier_key())
+    return 0
+
+
+def _log_checkpoint(_args: argparse.Namespace) -> int:
+    from configsync.settings import get_settings
+    from configsync.tasks import sign_due_checkpoint
+
+    settings = get_settings().model_copy(update={"checkpoint_interval_seconds": 0})
+    sign_due_checkpoint(_session_factory(), settings)
+    from configsync.audit.log import latest
+
+    with _session_factory()() as session:
+        signed = latest(session)
+    if signed is None:
+        print("the log is empty: there is nothing to sign")
+        return 1
+    print(signed.note, end="")
+    return 0
+
+
+def _log_verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from configsync import logverify
+
+    key_text = Path(args.key).read_text() if Path(args.key).is_file() else args.key
+    try:
+        key = logverify.parse_verifier_key(key_text)
+        checkpoints = [
+            logverify.parse_checkpoint(note, key, args.origin)
+            for path in args.checkpoint
+            for note in logverify.split_notes(Path(path).read_text(encoding="utf-8"))
+        ]
+        if args.events:
+            with open(args.events, encoding="utf-8") as handle:
+                events = [json.loads(line) for line in handle if line.strip()]
+        else:
+            events = _export_events(args.url)
+            current = _server_checkpoint(args.url, key, args.origin, logverify)
+            if current is not None:
+                _check_consistency(args.url, checkpoints, current, logverify)
+                checkpoints.append(current)
+        print(logverify.verify_log(checkpoints, logverify.leaves_of(events)))
+    except logverify.VerificationError as exc:
+        print(f"configsync: log verification FAILED: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _server_checkpoint(url: str, key: Any, origin: str | None, logverify: Any) -> Any:
+    """The server's latest checkpoint, its signature checked; None if it has signed none."""
+    import httpx
+
+    response = httpx.get(url.rstrip("/") + "/v1/log/checkpoint", timeout=30)
+    if response.status_code == 404:
+        return None
+    return logverify.parse_checkpoint(response.text, key, origin)
+
+
+def _check_consistency(url: str, kept: list[Any], current: Any, logverify: Any) -> None:
+    """RFC 9162 consistency proofs, from the server, that its current tree extends each kept
+    checkpoint: checked here, not believed."""
+    import base64
+    import os
+
+    import httpx
+
+    from configsync.client import saved_login
+
+    token = os.environ.get("CONFIGSYNC_TOKEN") or (saved_login() or {}).get("access_token")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    for old in kept:
+        if old.size > current.size:
+            raise logverify.VerificationError(
+                f"truncated: the server's checkpoint is of size {current.size}, below {old.size}"
+            )
+        answer = httpx.get(
+            url.rstrip("/") + "/v1/log/proof/consistency",
+            params={"from": old.size, "to": current.size},
+            headers=headers,
+            timeout=30,
+        ).json()
+        path = [base64.b64decode(h) for h in answer.get("consistency_path", [])]
+        logverify.verify_consistency(old.size, current.size, old.root, current.root, path)
+
+
+def _export_events(url: str) -> list[dict[str, Any]]:
+    import os
+
+    import httpx
+
+    from configsync.client import saved_login
+
+    token = os.environ.get("CONFIGSYNC_TOKEN") or (saved_login() or {}).get("access_token")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = httpx.get(url.rstrip("/") + "/v1/events?format=jsonl", headers=headers, timeout=300)
+    if response.status_code != 200:
+        raise InvalidInput(f"the server answered {response.status_code}: {response.text[:200]}")
+    events = [json.loads(line) for line in response.text.splitlines() if line]
+    if len(events) != int(response.headers.get("x-export-rows", len(events))):
+        raise InvalidInput("the export was cut short; try again")
+    return events
 
 
 if __name__ == "__main__":

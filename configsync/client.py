@@ -166,6 +166,10 @@ class Client:
         )
         return answer
 
+    def blame(self, service: str, environment: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self._call("GET", f"/v1/configs/{service}/{environment}/blame")
+        return answer
+
     def compare(self, service: str, from_env: str, to_env: str) -> dict[str, Any]:
         answer: dict[str, Any] = self._call(
             "GET",

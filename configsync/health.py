@@ -31,7 +31,8 @@ class Readiness(Out):
 
 @router.get("/health/ready", response_model=Readiness, responses={503: {"model": Readiness}})
 def ready(request: Request) -> JSONResponse:
-    """The database (and the broker, when one is configured) answer."""
+    """The database (and the broker, when one is configured) answer, and the log under the
+    projections has not been rewritten."""
     engine: Engine = request.app.state.engine
     checks: dict[str, str] = {}
     try:
@@ -40,6 +41,8 @@ def ready(request: Request) -> JSONResponse:
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"unavailable: {exc.__class__.__name__}"
+    if checks["database"] == "ok":
+        checks["log"] = _log_intact(request)
     redis_url = request.app.state.settings.redis_url
     if redis_url:
         checks["broker"] = _ping_broker(redis_url)
@@ -48,6 +51,15 @@ def ready(request: Request) -> JSONResponse:
         {"status": "ok" if ok else "unavailable", "checks": checks},
         status_code=200 if ok else 503,
     )
+
+
+def _log_intact(request: Request) -> str:
+    """Not ready when a projection's checkpoint event is gone or changed (a rewritten log)."""
+    from projections.base import rewritten
+
+    with request.app.state.session_factory() as session:
+        problem = rewritten(session)
+    return "ok" if problem is None else f"rewritten: {problem}"
 
 
 def _ping_broker(url: str) -> str:

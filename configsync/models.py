@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def import_all_models() -> None:
+    import configsync.audit.log
     import configsync.auth.models
     import configsync.configs.idempotency
     import configsync.events.models  # noqa: F401

@@ -7,8 +7,10 @@ else takes the `CONFIGSYNC_` prefix.
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -20,6 +22,7 @@ from configsync.errors import ConfigurationError
 
 DEFAULT_DATABASE_URL = "sqlite:///./configsync.db"
 SECRET_KEY_FILE = ".configsync-secret-key"
+LOG_KEY_FILE = ".configsync-log-key"
 MIN_SECRET_KEY_LENGTH = 32
 # Values that have been published as defaults somewhere and so are no secret at all.
 KNOWN_WEAK_SECRETS = frozenset({"", "supersecretkey", "changeme", "changethis", "secret"})
@@ -74,6 +77,15 @@ class Settings(BaseSettings):
     # can kill a worker in the middle of one.
     debug_batch_delay: float = Field(0.0, ge=0)
     log_level: str = "INFO"
+    # The transparency log (configsync.audit.log): the name its checkpoints carry, the Ed25519
+    # key that signs them (base64 of the 32-byte private seed; generated beside the database in
+    # development), how often the worker signs one while the log grows, where each is appended
+    # outside the database, and an optional command that gets each one on its standard input.
+    log_origin: str = "configsync.local/log"
+    log_signing_key: str | None = None
+    checkpoint_interval_seconds: float = Field(60.0, ge=0)
+    checkpoint_log: str = "logs/checkpoints.log"
+    checkpoint_hook: str | None = None
 
     @field_validator("login_failures_per_account", "login_failures_per_address")
     @classmethod
@@ -118,11 +130,29 @@ class Settings(BaseSettings):
         return _development_secret(self.secret_key_file())
 
     def secret_key_file(self) -> Path:
+        return self._beside_database(SECRET_KEY_FILE)
+
+    def log_key(self) -> str:
+        """The transparency log's signing key (base64 of an Ed25519 seed).
+
+        Development generates one beside the database, like the token key; production must set
+        CONFIGSYNC_LOG_SIGNING_KEY (a generated key there would sign a log nobody can check).
+        """
+        if self.log_signing_key:
+            return self.log_signing_key
+        if self.env == "production":
+            raise ConfigurationError(
+                "the transparency log needs CONFIGSYNC_LOG_SIGNING_KEY in production: "
+                "`configsync log new-key` prints one"
+            )
+        return _development_secret(self._beside_database(LOG_KEY_FILE), new_log_key)
+
+    def _beside_database(self, name: str) -> Path:
         if self.is_sqlite:
             db_path = sqlite_path(self.database_url)
             if db_path is not None:
-                return db_path.parent / SECRET_KEY_FILE
-        return Path.cwd() / SECRET_KEY_FILE
+                return db_path.parent / name
+        return Path.cwd() / name
 
 
 def is_strong_secret(value: str | None) -> bool:
@@ -142,7 +172,12 @@ def sqlite_path(url: str) -> Path | None:
     return Path(path).resolve()
 
 
-def _development_secret(path: Path) -> str:
+def new_log_key() -> str:
+    """A new Ed25519 signing key for the transparency log: base64 of its 32-byte seed."""
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def _development_secret(path: Path, make: Callable[[], str] | None = None) -> str:
     try:
         existing = path.read_text().strip()
     except FileNotFoundError:
@@ -150,7 +185,7 @@ def _development_secret(path: Path) -> str:
     if existing:
         return existing
     path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
+    key = make() if make else secrets.token_urlsafe(48)
     # O_EXCL: when two processes start at once, one writes and the other reads what it wrote.
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -13,12 +13,14 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 from celery import Celery, signals
 from sqlalchemy.orm import Session, sessionmaker
 
-from configsync.db import make_engine, make_session_factory
+from configsync.audit.log import LogSigner, NoSigningKey, publish, sign_checkpoint
+from configsync.db import make_engine, make_session_factory, unit_of_work
 from configsync.events import StoredEvent
 from configsync.settings import Settings, get_settings
 from projections.audit import AuditFile
@@ -90,7 +92,24 @@ def run_projections(factory: sessionmaker[Session], settings: Settings) -> dict[
     applied = catch_up_all(factory, batch_size=settings.projection_batch_size, on_batch=pause)
     with factory() as session:
         written = AuditFile(settings.audit_log).catch_up(session)
-    return {**applied, "audit_file": written}
+    return {**applied, "audit_file": written, "checkpoint": sign_due_checkpoint(factory, settings)}
+
+
+def sign_due_checkpoint(factory: sessionmaker[Session], settings: Settings) -> int:
+    """Sign the tree if it grew and the interval has passed; publish it outside the database.
+    Returns the signed tree size (0: none was due, or no key is configured)."""
+    try:
+        signer = LogSigner.from_settings(settings)
+    except NoSigningKey as exc:
+        log.error("no checkpoint signed: %s", exc.detail)
+        return 0
+    interval = timedelta(seconds=settings.checkpoint_interval_seconds)
+    with unit_of_work(factory) as session:
+        signed = sign_checkpoint(session, signer, min_interval=interval)
+    if signed is None:
+        return 0
+    publish(signed, settings)
+    return signed.tree_size
 
 
 @celery_app.task(name=CATCH_UP)

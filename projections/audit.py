@@ -23,6 +23,7 @@ from configsync.db import Base, UTCDateTime
 from configsync.domain.events import CONFIG_CHANGED, ConfigChanged, split_stream, summarize
 from configsync.events import StoredEvent, format_instant
 from configsync.events.canonical import canonical_json, loads
+from configsync.events.models import EventRow
 
 NAME = "audit"
 
@@ -45,6 +46,14 @@ class AuditRow(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     changes: Mapped[str] = mapped_column(Text)  # canonical JSON
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class RebuildRow(Base):
+    """Present only inside a rebuild's own transaction: lets it empty an append-only table."""
+
+    __tablename__ = "projection_rebuilds"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 
 def row_values(event: StoredEvent) -> dict[str, Any]:
@@ -101,7 +110,23 @@ class AuditProjection:
         session.connection().execute(insert(table), [row_values(e) for e in events])
 
     def clear(self, session: Session) -> None:
+        # audit_log is append-only (migration 0006) except inside a rebuild, which this
+        # transaction declares with a row in projection_rebuilds that no other one can see.
+        session.execute(insert(RebuildRow).values(name=NAME))
         session.execute(delete(AuditRow))
+        session.execute(delete(RebuildRow).where(RebuildRow.name == NAME))
+
+
+def first_mismatch(session: Session) -> int | None:
+    """The first audit row whose hash is not its event's (or whose event is gone), or None."""
+    found = session.scalar(
+        select(AuditRow.position)
+        .outerjoin(EventRow, EventRow.position == AuditRow.position)
+        .where(EventRow.hash.is_distinct_from(AuditRow.hash))
+        .order_by(AuditRow.position)
+        .limit(1)
+    )
+    return int(found) if found is not None else None
 
 
 def rows_after(session: Session, after: int, limit: int) -> list[AuditRow]:

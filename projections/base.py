@@ -15,7 +15,7 @@ from sqlalchemy import BigInteger, String, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from configsync.db import Base, UTCDateTime, upsert, utcnow
-from configsync.events import StoredEvent, read_after
+from configsync.events import StoredEvent, hash_at, read_after
 
 
 class CheckpointRow(Base):
@@ -24,6 +24,17 @@ class CheckpointRow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     position: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The chain hash of the event at `position` when it was applied: if the log no longer has
+    # that event there, it was rewritten or truncated, and the runner stops (LogRewritten).
+    event_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class LogRewritten(Exception):
+    """The event at a projection's checkpoint is gone or changed: the log was tampered with.
+
+    Going on would skip an event or apply a position twice; the runner stops instead, until an
+    operator has looked (and rebuilt the projection from a log they trust).
+    """
 
 
 def checkpoint(session: Session, name: str) -> int:
@@ -31,15 +42,20 @@ def checkpoint(session: Session, name: str) -> int:
     return int(found or 0)
 
 
-def move_checkpoint(session: Session, name: str, position: int) -> None:
-    """Record that `name` has applied everything up to `position`; never moves backwards."""
+def move_checkpoint(session: Session, name: str, event: StoredEvent) -> None:
+    """Record that `name` has applied everything up to `event`; never moves backwards."""
     upsert(
         session,
         CheckpointRow,
-        {"name": name, "position": position, "updated_at": utcnow()},
+        {
+            "name": name,
+            "position": event.position,
+            "event_hash": event.hash,
+            "updated_at": utcnow(),
+        },
         key=["name"],
-        update=["position", "updated_at"],
-        where=CheckpointRow.position < position,
+        update=["position", "event_hash", "updated_at"],
+        where=CheckpointRow.position < event.position,
     )
 
 
@@ -51,7 +67,10 @@ class Projection(Protocol):
     """
 
     name: str
-    handles: frozenset[str]
+
+    @property
+    def handles(self) -> frozenset[str] | None:
+        """The event types it applies; None: every type."""
 
     def apply(self, session: Session, events: Sequence[StoredEvent]) -> None:
         """Write the rows for `events` (in position order), in the caller's transaction."""
@@ -61,11 +80,15 @@ class Projection(Protocol):
 
 
 def _claim(session: Session, name: str) -> int:
-    """Lock this projection's checkpoint row for the transaction and return its position.
+    """Lock this projection's checkpoint row for the transaction and return its position,
+    after checking that the log still holds the event recorded there (else LogRewritten).
 
     Two workers catching up at once would otherwise both read "after 41" and both apply 42.
     The row lock makes the second wait and then read the checkpoint the first moved.
     """
+    query = select(CheckpointRow.position, CheckpointRow.event_hash).where(
+        CheckpointRow.name == name
+    )
     if session.get_bind().dialect.name == "postgresql":
         session.execute(
             text(
@@ -74,11 +97,33 @@ def _claim(session: Session, name: str) -> int:
             ),
             {"name": name, "now": utcnow()},
         )
-        found = session.scalar(
-            select(CheckpointRow.position).where(CheckpointRow.name == name).with_for_update()
+        query = query.with_for_update()
+    # (SQLite: BEGIN IMMEDIATE already holds the database.)
+    found = session.execute(query).first()
+    position = int(found.position) if found else 0
+    recorded = found.event_hash if found else None
+    if recorded is not None:
+        actual = hash_at(session, position)
+        if actual != recorded:
+            what = "is gone (the log was truncated)" if actual is None else "has changed"
+            raise LogRewritten(
+                f"projection {name}: the event at its checkpoint, position {position}, {what}; "
+                "it stops rather than skip or reuse a position"
+            )
+    return position
+
+
+def rewritten(session: Session) -> str | None:
+    """Why a projection would stop because the log was rewritten under it, or None."""
+    rows = session.execute(
+        select(CheckpointRow.name, CheckpointRow.position, CheckpointRow.event_hash).where(
+            CheckpointRow.event_hash.is_not(None)
         )
-        return int(found or 0)
-    return checkpoint(session, name)  # SQLite: BEGIN IMMEDIATE already holds the database
+    )
+    for name, position, recorded in rows:
+        if hash_at(session, position) != recorded:
+            return f"projection {name}: the event at its checkpoint, position {position}, changed"
+    return None
 
 
 def catch_up(
@@ -105,7 +150,7 @@ def catch_up(
             _apply(session, projection, events)
             if on_batch is not None:
                 on_batch(events)
-            move_checkpoint(session, projection.name, events[-1].position)
+            move_checkpoint(session, projection.name, events[-1])
             session.commit()
         applied += len(events)
         if len(events) < batch_size:
@@ -124,24 +169,30 @@ def rebuild(
         _claim(session, projection.name)
         projection.clear(session)
         replayed = 0
-        last = 0
+        last: StoredEvent | None = None
         for batch in _batches(session, batch_size):
             _apply(session, projection, batch)
             replayed += len(batch)
-            last = batch[-1].position
+            last = batch[-1]
         upsert(
             session,
             CheckpointRow,
-            {"name": projection.name, "position": last, "updated_at": utcnow()},
+            {
+                "name": projection.name,
+                "position": last.position if last else 0,
+                "event_hash": last.hash if last else None,
+                "updated_at": utcnow(),
+            },
             key=["name"],
-            update=["position", "updated_at"],
+            update=["position", "event_hash", "updated_at"],
         )
         session.commit()
     return replayed
 
 
 def _apply(session: Session, projection: Projection, events: Sequence[StoredEvent]) -> None:
-    handled = [event for event in events if event.type in projection.handles]
+    handles = projection.handles
+    handled = list(events) if handles is None else [e for e in events if e.type in handles]
     if handled:
         projection.apply(session, handled)
 

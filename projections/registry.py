@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session, sessionmaker
 
 from configsync.events import StoredEvent, last_position
-from projections import audit, current, snapshots
+from projections import audit, current, merkle, snapshots
 from projections.base import Projection, Status, catch_up, checkpoint, rebuild
 
 
@@ -34,7 +34,7 @@ INLINE: tuple[Inline, ...] = (
     Inline(current.NAME, current.HANDLES, current.apply_all, current.rebuild, current.position),
     Inline(snapshots.NAME, snapshots.HANDLES, snapshots.apply_all, snapshots.rebuild),
 )
-ASYNCHRONOUS: tuple[Projection, ...] = (audit.AuditProjection(),)
+ASYNCHRONOUS: tuple[Projection, ...] = (audit.AuditProjection(), merkle.MerkleProjection())
 NAMES: tuple[str, ...] = tuple(p.name for p in INLINE) + tuple(p.name for p in ASYNCHRONOUS)
 
 

@@ -40,8 +40,11 @@ TABLES = [
     "config_snapshots",
     "projection_checkpoints",
     "idempotency_keys",
+    "merkle_nodes",
+    "log_checkpoints",
     "events",
 ]
+APPEND_ONLY = ["events", "audit_log"]  # their triggers refuse TRUNCATE, as they should
 
 
 def missing_service(reason: str) -> None:
@@ -120,9 +123,11 @@ def reset_postgres(engine: Engine) -> None:
     # TRUNCATE on events is refused by its trigger (that is the point of it); the tests switch
     # the triggers off for the length of this one transaction, as the superuser they run as.
     with engine.begin() as conn:
-        conn.execute(text("ALTER TABLE events DISABLE TRIGGER USER"))
+        for table in APPEND_ONLY:
+            conn.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
-        conn.execute(text("ALTER TABLE events ENABLE TRIGGER USER"))
+        for table in APPEND_ONLY:
+            conn.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER USER"))
 
 
 @pytest.fixture
@@ -258,6 +263,7 @@ def cli(*args: str, env: dict[str, str], cwd: Path | None = None, stdin: str | N
 # --- the HTTP API ---------------------------------------------------------------------------
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+LOG_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="  # the tests' log signing key (a seed)
 PASSWORD = "password123"
 
 
@@ -404,7 +410,10 @@ def make_api(
     from configsync.app import create_app
     from configsync.settings import Settings
 
-    settings.setdefault("audit_log", f"{tempfile.mkdtemp(prefix='configsync-audit-')}/audit.log")
+    logs = tempfile.mkdtemp(prefix="configsync-logs-")
+    settings.setdefault("audit_log", f"{logs}/audit.log")
+    settings.setdefault("checkpoint_log", f"{logs}/checkpoints.log")
+    settings.setdefault("log_signing_key", LOG_KEY)
     app = create_app(Settings(database_url=url, secret_key=TEST_SECRET, **settings))
     with TestClient(app) as client:
         client.event_hooks["response"].append(SchemaCheck(app))

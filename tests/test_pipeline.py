@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.conftest import (
+    LOG_KEY,
     Api,
     clean_env,
     eventually,
@@ -62,6 +63,8 @@ def worker_env(pg_url: str, redis_url: str, audit_file: Path) -> dict[str, str]:
         DATABASE_URL=pg_url,
         REDIS_URL=redis_url,
         CONFIGSYNC_AUDIT_LOG=str(audit_file),
+        CONFIGSYNC_CHECKPOINT_LOG=str(audit_file.with_name("checkpoints.log")),
+        CONFIGSYNC_LOG_SIGNING_KEY=LOG_KEY,
         CONFIGSYNC_CATCH_UP_INTERVAL_SECONDS="1",
     )
 
@@ -214,7 +217,11 @@ def test_rebuild_gives_the_same_rows_and_status_shows_no_lag(
     assert table["current"]["lag"] == 0
     admin = api.person("admin@example.com", "admin")
     over_http = api.get("/v1/projections", headers=admin).json()
-    assert {p["name"]: p["lag"] for p in over_http["projections"]} == {"current": 0, "audit": 0}
+    assert {p["name"]: p["lag"] for p in over_http["projections"]} == {
+        "current": 0,
+        "audit": 0,
+        "merkle": 0,  # the transparency log's tree, also applied by the worker
+    }
     assert api.get("/v1/projections", headers=owner).status_code == 403
 
 

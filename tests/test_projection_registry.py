@@ -20,8 +20,10 @@ def _table(engine: Engine, sql: str) -> list[Any]:
 
 
 def test_every_projection_is_listed_once_and_says_what_it_handles() -> None:
-    assert NAMES == ("current", "snapshots", "audit")
-    assert all(p.handles == frozenset({"ConfigChanged"}) for p in (*INLINE, *ASYNCHRONOUS))
+    assert NAMES == ("current", "snapshots", "audit", "merkle")
+    config_only = [p for p in (*INLINE, *ASYNCHRONOUS) if p.name != "merkle"]
+    assert all(p.handles == frozenset({"ConfigChanged"}) for p in config_only)
+    assert next(p for p in ASYNCHRONOUS if p.name == "merkle").handles is None  # every type
 
 
 def test_a_log_holding_an_unknown_event_type_rebuilds_and_catches_up(
@@ -31,7 +33,7 @@ def test_a_log_holding_an_unknown_event_type_rebuilds_and_catches_up(
     with unit_of_work(sessions) as s:  # a type no projection of this version knows
         append(s, "reveals/svc0", 0, {"anything": [1, 2]}, {}, type="SecretRevealed")
         append(s, "elsewhere/x", 0, {"no": "changes key"}, {}, type="Unheard")
-    assert catch_up_all(sessions) == {"audit": 10}  # read past all ten events
+    assert catch_up_all(sessions) == {"audit": 10, "merkle": 10}  # read past all ten
     audit_rows = _table(engine, "SELECT position, action FROM audit_log ORDER BY position")
     assert [row.position for row in audit_rows] == list(range(1, 9))  # rows for its own eight
     config_rows = _rows(engine)

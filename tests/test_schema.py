@@ -20,10 +20,17 @@ def test_a_database_upgraded_to_head_matches_the_models(engine: Engine) -> None:
 
 def test_every_projection_table_is_known_to_the_models() -> None:
     import_all_models()
-    for table in ("config_current", "config_snapshots", "audit_log", "projection_checkpoints"):
+    for table in (
+        "config_current",
+        "config_snapshots",
+        "audit_log",
+        "projection_checkpoints",
+        "merkle_nodes",
+    ):
         assert table in Base.metadata.tables
     assert {p.name for p in INLINE} | {p.name for p in ASYNCHRONOUS} == {
         "current",
         "snapshots",
         "audit",
+        "merkle",
     }

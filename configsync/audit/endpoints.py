@@ -13,15 +13,16 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
-from configsync.audit.queries import audit_end, count, filtered, page
+from configsync.audit.queries import audit_end, count, filtered, page, page_touching
 from configsync.audit.schemas import AuditPage, ChainVerified, EventsPage, ProjectionsOut
 from configsync.auth.deps import AdminDep, AuditorOrAdminDep
 from configsync.db import read_only
 from configsync.deps import SessionDep, session_factory
-from configsync.events import format_instant, read_after, verify_chain
+from configsync.domain.documents import parse_key
+from configsync.events import StoredEvent, format_instant, last_position, read_after, verify_chain
 from configsync.http import alternatives, dumps, errors, json_response
 from configsync.hygiene import Instant
-from projections.audit import AuditRow, as_item
+from projections.audit import AuditRow, as_item, first_mismatch
 from projections.registry import status_all
 
 router = APIRouter(tags=["audit"], responses=errors(401, 403, 413, 422, 503))
@@ -81,12 +82,19 @@ def audit_log(
         int | None, Query(ge=0, description="next_cursor of the previous page")
     ] = None,
     format: Annotated[str | None, Query(pattern="^(jsonl|csv)$")] = None,
+    key: Annotated[
+        str | None, Query(description="only changes to this key (a.b.c) or inside it")
+    ] = None,
 ) -> Response:
     """The audit log in position order, filtered and paged; `format=jsonl|csv` exports it all."""
     query = filtered(service, environment, actor, action, since, until)
     if format is not None:
         return _export(request, session, query, format)
-    rows, next_cursor = page(session, query, after=cursor, limit=limit)
+    if key is not None:
+        path = parse_key(key)
+        rows, next_cursor = page_touching(session, query, path, after=cursor, limit=limit)
+    else:
+        rows, next_cursor = page(session, query, after=cursor, limit=limit)
     return json_response({"items": [as_item(r) for r in rows], "next_cursor": next_cursor})
 
 
@@ -148,43 +156,79 @@ def _csv_row(row: AuditRow) -> dict[str, Any]:
 
 @router.get("/v1/audit/verify", response_model=ChainVerified)
 def audit_verify(session: SessionDep, _caller: AuditorOrAdminDep) -> Response:
-    """Walk the hash chain of every event: ok, how many were checked, the first bad position."""
+    """Walk the hash chain of every event and compare every audit row's hash with its event's:
+    ok, how many events were checked, the first bad position."""
     report = verify_chain(session)
+    # An audit row whose hash is not its event's counts as a bad position too.
+    bad = [p for p in (report.first_bad_position, first_mismatch(session)) if p is not None]
     return json_response(
-        {
-            "ok": report.ok,
-            "checked": report.checked,
-            "first_bad_position": report.first_bad_position,
-        }
+        {"ok": not bad, "checked": report.checked, "first_bad_position": min(bad, default=None)}
     )
 
 
-@router.get("/v1/events", response_model=EventsPage)
+@router.get(
+    "/v1/events",
+    response_model=EventsPage,
+    responses={
+        200: {
+            "content": alternatives(
+                {"application/x-ndjson": "format=jsonl: every event after `after`, one a line"}
+            )
+        }
+    },
+)
 def events_feed(
+    request: Request,
     session: SessionDep,
     _caller: AuditorOrAdminDep,
     after: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    format: Annotated[str | None, Query(pattern="^jsonl$")] = None,
 ) -> Response:
-    """The raw event log in global order, for external consumers: page on with `after`."""
+    """The raw event log in global order, for external consumers: page on with `after`;
+    `format=jsonl` exports every event after `after` (what `configsync log verify` reads)."""
+    if format is not None:
+        return _export_events(request, session, after)
     events = read_after(session, after, limit)
-    items = [
-        {
-            "position": e.position,
-            "event_id": e.event_id,
-            "stream": e.stream,
-            "version": e.version,
-            "type": e.type,
-            "data": e.data,
-            "metadata": e.metadata,
-            "recorded_at": format_instant(e.recorded_at),
-            "prev_hash": e.prev_hash,
-            "hash": e.hash,
-        }
-        for e in events
-    ]
     next_after = events[-1].position if events else after
-    return json_response({"items": items, "next_after": next_after})
+    return json_response({"items": [_event(e) for e in events], "next_after": next_after})
+
+
+def _event(e: StoredEvent) -> dict[str, Any]:
+    return {
+        "position": e.position,
+        "event_id": e.event_id,
+        "stream": e.stream,
+        "version": e.version,
+        "type": e.type,
+        "data": e.data,
+        "metadata": e.metadata,
+        "recorded_at": format_instant(e.recorded_at),
+        "prev_hash": e.prev_hash,
+        "hash": e.hash,
+    }
+
+
+def _export_events(request: Request, session: Session, after: int) -> Response:
+    """Every event after `after` up to the log's end now, counted in X-Export-Rows; pages are
+    read in short read-only transactions, and a failure mid-stream aborts the connection."""
+    end = last_position(session)
+    first = read_after(session, after, EXPORT_PAGE)
+    readers = read_only(session_factory(request))
+
+    def pages() -> Iterator[list[StoredEvent]]:
+        batch = [e for e in first if e.position <= end]
+        while batch:
+            yield batch
+            if batch[-1].position >= end:
+                return
+            with readers() as reader:
+                batch = [e for e in read_after(reader, batch[-1].position, EXPORT_PAGE)]
+                batch = [e for e in batch if e.position <= end]
+
+    body = (b"".join(dumps(_event(e)) + b"\n" for e in batch) for batch in pages())
+    headers = {"X-Export-Rows": str(max(0, end - after))}
+    return StreamingResponse(body, media_type="application/x-ndjson", headers=headers)
 
 
 @router.get("/v1/projections", response_model=ProjectionsOut)

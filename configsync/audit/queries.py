@@ -8,7 +8,9 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from configsync.domain.documents import touches
 from configsync.errors import InvalidInput
+from configsync.events.canonical import loads
 from projections.audit import AuditRow
 
 
@@ -58,3 +60,21 @@ def audit_end(session: Session) -> int:
 
 def count(session: Session, query: Select[Any]) -> int:
     return int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+
+
+def page_touching(
+    session: Session, query: Select[Any], key: list[str], *, after: int | None, limit: int
+) -> tuple[list[AuditRow], int | None]:
+    """Like `page`, keeping only rows whose changes touch `key` (or inside it)."""
+    kept: list[AuditRow] = []
+    while len(kept) < limit:
+        rows, _ = page(session, query, after=after, limit=500)
+        if not rows:
+            return kept, None
+        for row in rows:
+            if touches(loads(row.changes), key):
+                kept.append(row)
+                if len(kept) == limit:
+                    return kept, row.position
+        after = rows[-1].position
+    return kept, None

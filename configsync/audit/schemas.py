@@ -66,3 +66,23 @@ class ProjectionOut(Out):
 class ProjectionsOut(Out):
     last_position: int
     projections: list[ProjectionOut]
+
+
+class CheckpointSigned(Out):
+    tree_size: int
+    root_hash: str
+    note: str
+
+
+class InclusionProof(Out):
+    leaf_index: int
+    tree_size: int
+    leaf_hash: str
+    inclusion_path: list[str]
+    root_hash: str
+
+
+class ConsistencyProof(Out):
+    tree_size_1: int
+    tree_size_2: int
+    consistency_path: list[str]

@@ -35,6 +35,7 @@ from configsync.configs.reader import ConfigReader, Lookup, response_body
 from configsync.configs.reads import WAIT, Answer, ReadRequest, decide, parse_etag
 from configsync.configs.rendering import MEDIA_TYPES, render
 from configsync.configs.schemas import (
+    BlameOut,
     CompareOut,
     ConfigDelete,
     ConfigDeleted,
@@ -52,6 +53,7 @@ from configsync.configs.schemas import (
 )
 from configsync.configs.schemas import ConfigWrite as ConfigWriteBody
 from configsync.deps import SessionDep, SettingsDep
+from configsync.domain.documents import parse_key
 from configsync.domain.names import DEFAULT_ENVIRONMENT, validate_name
 from configsync.errors import InvalidInput
 from configsync.events import format_instant
@@ -326,11 +328,24 @@ def config_history(
     access: HistoryRead,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before_version: Annotated[int | None, Query(ge=1)] = None,
+    key: Annotated[
+        str | None, Query(description="only versions that changed this key (a.b.c) or inside it")
+    ] = None,
 ) -> Response:
     """Every version, newest first: who, when, what (a one-line summary) and why."""
-    page = queries.history(
-        session, access.service, access.environment, limit=limit, before_version=before_version
-    )
+    if key is not None:
+        page = queries.history_of_key(
+            session,
+            access.service,
+            access.environment,
+            parse_key(key),
+            limit=limit,
+            before_version=before_version,
+        )
+    else:
+        page = queries.history(
+            session, access.service, access.environment, limit=limit, before_version=before_version
+        )
     items = [
         {
             "version": e.version,
@@ -346,6 +361,30 @@ def config_history(
         for e in page.items
     ]
     return json_response({"items": items, "next_before_version": page.next_before_version})
+
+
+@router.get(CONFIG_PATH + "/blame", response_model=BlameOut, responses=errors(403))
+def config_blame(session: SessionDep, access: HistoryRead) -> Response:
+    """For every key path of the current document: the version, time, actor, action and reason
+    of its last change (owner, admin, auditor)."""
+    found = queries.blame(session, access.service, access.environment)
+    return json_response(
+        {
+            "service": access.service,
+            "environment": access.environment,
+            "keys": [
+                {
+                    "path": b.path,
+                    "version": b.version,
+                    "recorded_at": format_instant(b.recorded_at),
+                    "actor": b.actor,
+                    "action": b.action,
+                    "reason": b.reason,
+                }
+                for b in found
+            ],
+        }
+    )
 
 
 def _difference(difference: Difference) -> dict[str, Any]:

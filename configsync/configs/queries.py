@@ -15,7 +15,13 @@ from sqlalchemy.orm import Session
 
 from configsync.auth.models import ServiceRow
 from configsync.auth.permissions import Caller, readable
-from configsync.domain.documents import Change, Document, apply_changes, compute_changes
+from configsync.domain.documents import (
+    Change,
+    Document,
+    apply_changes,
+    compute_changes,
+    touches,
+)
 from configsync.domain.events import CONFIG_CHANGED, ConfigChanged, stream_name, summarize
 from configsync.domain.names import DEFAULT_ENVIRONMENT, validate_name
 from configsync.errors import Deleted, InvalidInput, NotFound
@@ -279,3 +285,80 @@ def compare(
         to_version=b.version,
         difference=Difference.of(compute_changes(a.document, b.document)),
     )
+
+
+def history_of_key(
+    session: Session,
+    service: str,
+    environment: str,
+    key: list[str],
+    *,
+    limit: int,
+    before_version: int | None = None,
+) -> HistoryPage:
+    """The versions, newest first, that changed `key` or anything inside it."""
+    validate_name("service", service)
+    validate_name("environment", environment)
+    events = read_stream(
+        session,
+        stream_name(service, environment),
+        up_to_version=before_version - 1 if before_version is not None else None,
+        newest_first=True,
+    )
+    if not events and before_version is None:
+        raise NotFound(f"config {service}/{environment} not found")
+    items = [
+        HistoryEntry.of(e)
+        for e in events
+        if e.type == CONFIG_CHANGED and touches(e.data["changes"], key)
+    ]
+    more = len(items) > limit
+    items = items[:limit]
+    return HistoryPage(items=items, next_before_version=items[-1].version if more else None)
+
+
+@dataclass(frozen=True, slots=True)
+class Blame:
+    path: list[str]
+    version: int
+    recorded_at: datetime
+    actor: dict[str, Any] | None
+    action: str
+    reason: str | None
+
+
+def blame(session: Session, service: str, environment: str) -> list[Blame]:
+    """For every key path of the current document (down to each value that is not an object),
+    the version that last changed it: when, by whom, how and why."""
+    state = get(session, service, environment)
+    remaining = {tuple(path) for path in _leaf_paths(state.document)}
+    found: dict[tuple[str, ...], Blame] = {}
+    for event in read_stream(session, stream_name(service, environment), newest_first=True):
+        if not remaining:
+            break
+        if event.type != CONFIG_CHANGED:
+            continue
+        entry = HistoryEntry.of(event)
+        for path in [p for p in remaining if touches(event.data["changes"], list(p))]:
+            found[path] = Blame(
+                list(path),
+                entry.version,
+                entry.recorded_at,
+                entry.actor,
+                entry.action,
+                entry.reason,
+            )
+            remaining.discard(path)
+    return [found[path] for path in sorted(found)]
+
+
+def _leaf_paths(document: Document) -> list[list[str]]:
+    paths: list[list[str]] = []
+    stack: list[tuple[Any, list[str]]] = [(document, [])]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict) and (node or not path):
+            stack.extend((value, [*path, key]) for key, value in node.items())
+        else:
+            paths.append(path)
+    return paths

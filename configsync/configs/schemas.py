@@ -147,3 +147,18 @@ class CompareOut(Differences):
 class RolledBack(ConfigWritten):
     rollback_of: int
     message: str | None = Field(None, description="set when nothing was appended")
+
+
+class BlameItem(Out):
+    path: list[str]
+    version: int
+    recorded_at: str
+    actor: dict[str, Any] | None
+    action: str
+    reason: str | None
+
+
+class BlameOut(Out):
+    service: str
+    environment: str
+    keys: list[BlameItem]

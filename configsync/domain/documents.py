@@ -209,3 +209,36 @@ def fold(events: Iterable[Any]) -> Folded:
         deleted = bool(event.data.get("deleted"))
         version = event.version
     return Folded(version=version, document=document, deleted=deleted)
+
+
+def touches(changes: list[Change], key: list[str]) -> bool:
+    """Whether changes set, replaced or removed `key` (a path), something inside it, or
+    something that contains it (replacing a parent replaces the key too)."""
+    for change in changes:
+        path = change["path"]
+        shorter = min(len(path), len(key))
+        if path[:shorter] == key[:shorter]:
+            return True
+    return False
+
+
+def parse_key(key: str) -> list[str]:
+    """`a.b.c` → ["a", "b", "c"]; a key that holds a dot is written with a backslash: `a\\.b`."""
+    parts: list[str] = []
+    current = ""
+    escaped = False
+    for char in key:
+        if escaped:
+            current += char
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ".":
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    if not key or any(part == "" for part in parts):
+        raise InvalidDocument("key must be a dotted path such as DATABASE.host")
+    return parts

@@ -405,6 +405,12 @@ def iter_rows(session: Session, *, after: int = 0, batch_size: int = 5000) -> It
         after = batch[-1].position
 
 
+def hash_at(session: Session, position: int) -> str | None:
+    """The chain hash of the event at `position`, None if there is none."""
+    found = session.scalar(select(EventRow.hash).where(EventRow.position == position))
+    return str(found) if found is not None else None
+
+
 def last_position(session: Session) -> int:
     return int(session.scalar(select(func.max(EventRow.position))) or 0)
 
