@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import multiprocessing
 import random
 import threading
 import time
@@ -37,6 +38,13 @@ from projections.base import CheckpointRow, catch_up
 ACTOR = {"actor": {"kind": "user", "id": "bench", "name": "bench"}}
 
 
+def _keep_tree(url: str, done: Any) -> None:
+    sessions = make_session_factory(make_engine(url))
+    while not done.is_set():
+        catch_up(sessions, merkle.MerkleProjection(), batch_size=2000)
+        time.sleep(0.05)
+
+
 def _append(session: Any, items: Any) -> Any:
     return append_batch(session, list(items))
 
@@ -48,19 +56,15 @@ def appends(url: str, per_writer: int, with_tree: bool) -> float:
         conn.execute(text("DELETE FROM merkle_nodes"))
     sessions = make_session_factory(engine)
     group: GroupCommit[NewEvent, StoredEvent] = GroupCommit.for_database(url, _append)
-    done = threading.Event()
-
-    def tree() -> None:
-        while not done.is_set():
-            catch_up(sessions, merkle.MerkleProjection(), batch_size=2000)
-            time.sleep(0.05)
+    done = multiprocessing.Event()
 
     def writer(w: int) -> None:
         for i in range(per_writer):
             data = {"changes": [{"op": "add", "path": ["N"], "value": i}], "deleted": False}
             group.submit(NewEvent(f"w{w}/prod", i, data, ACTOR, type=CONFIG_CHANGED))
 
-    keeper = threading.Thread(target=tree) if with_tree else None
+    # The tree is kept by the worker, a process of its own: so it is here.
+    keeper = multiprocessing.Process(target=_keep_tree, args=(url, done)) if with_tree else None
     if keeper:
         keeper.start()
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(16)]
@@ -71,6 +75,7 @@ def appends(url: str, per_writer: int, with_tree: bool) -> float:
         t.join()
     rate = 16 * per_writer / (time.perf_counter() - began)
     done.set()
+    del sessions
     if keeper:
         keeper.join()
     group.close()
@@ -81,6 +86,8 @@ def appends(url: str, per_writer: int, with_tree: bool) -> float:
 def big_tree(url: str, leaves: int) -> None:
     """A tree of `leaves` synthetic leaves, stored as the projection stores one."""
     engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM merkle_nodes"))
     sessions = make_session_factory(engine)
     projection = merkle.MerkleProjection()
     now = datetime.now(UTC)

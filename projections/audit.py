@@ -99,6 +99,7 @@ def as_item(row: AuditRow) -> dict[str, Any]:
 class AuditProjection:
     name = NAME
     handles = frozenset({CONFIG_CHANGED})
+    needs_payload = True
 
     def apply(self, session: Session, events: Sequence[StoredEvent]) -> None:
         # A plain INSERT: the runner's checkpoint lock means a position is never applied twice,

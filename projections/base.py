@@ -15,7 +15,7 @@ from sqlalchemy import BigInteger, String, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from configsync.db import Base, UTCDateTime, upsert, utcnow
-from configsync.events import StoredEvent, hash_at, read_after
+from configsync.events import StoredEvent, hash_at, read_after, read_heads_after
 
 
 class CheckpointRow(Base):
@@ -71,6 +71,11 @@ class Projection(Protocol):
     @property
     def handles(self) -> frozenset[str] | None:
         """The event types it applies; None: every type."""
+
+    @property
+    def needs_payload(self) -> bool:
+        """False: it reads positions and hashes only, and is given events without their data
+        and metadata (never parsed: most of a replay's time)."""
 
     def apply(self, session: Session, events: Sequence[StoredEvent]) -> None:
         """Write the rows for `events` (in position order), in the caller's transaction."""
@@ -143,7 +148,7 @@ def catch_up(
     while True:
         with factory() as session:
             position = _claim(session, projection.name)
-            events = read_after(session, position, batch_size)
+            events = _read(session, projection, position, batch_size)
             if not events:
                 session.rollback()
                 return applied
@@ -170,7 +175,7 @@ def rebuild(
         projection.clear(session)
         replayed = 0
         last: StoredEvent | None = None
-        for batch in _batches(session, batch_size):
+        for batch in _batches(session, projection, batch_size):
             _apply(session, projection, batch)
             replayed += len(batch)
             last = batch[-1]
@@ -190,6 +195,12 @@ def rebuild(
     return replayed
 
 
+def _read(session: Session, projection: Projection, after: int, limit: int) -> list[StoredEvent]:
+    if projection.needs_payload:
+        return read_after(session, after, limit)
+    return read_heads_after(session, after, limit)
+
+
 def _apply(session: Session, projection: Projection, events: Sequence[StoredEvent]) -> None:
     handles = projection.handles
     handled = list(events) if handles is None else [e for e in events if e.type in handles]
@@ -197,10 +208,10 @@ def _apply(session: Session, projection: Projection, events: Sequence[StoredEven
         projection.apply(session, handled)
 
 
-def _batches(session: Session, size: int) -> Iterator[list[StoredEvent]]:
+def _batches(session: Session, projection: Projection, size: int) -> Iterator[list[StoredEvent]]:
     after = 0
     while True:
-        batch = read_after(session, after, size)
+        batch = _read(session, projection, after, size)
         if batch:
             yield batch
         if len(batch) < size:

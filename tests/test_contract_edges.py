@@ -283,20 +283,41 @@ def test_a_write_whose_commit_was_cut_off_is_not_repeated_by_its_retry(pg_api: A
 def test_every_refusal_leaves_the_keep_alive_connection_serving(
     pg: Engine, pg_url: str, tmp_path: Any
 ) -> None:
-    env = clean_env(DATABASE_URL=pg_url, SECRET_KEY="k" * 48, CONFIGSYNC_AUDIT_LOG="x.log")
+    env = clean_env(DATABASE_URL=pg_url, SECRET_KEY=TEST_SECRET, CONFIGSYNC_AUDIT_LOG="x.log")
     with running_server(tmp_path, env) as url:
+        api = next(make_api(pg_url, pg))
+        owner, admin = api.person("owner@example.com"), api.person("admin@example.com", "admin")
+        api.put(URL, headers=owner, json={"data": {"A": 1}})
+        as_json = {**owner, "Content-Type": "application/json"}
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
         with httpx.Client(base_url=url, limits=limits, timeout=10) as client:
-            bad = [
-                ("POST", "/auth/login", {"json": {"email": "a\u0000b", "password": "x"}}),
-                ("GET", "/v1/audit?actor=a%00b", {}),
-                ("GET", f"{URL}?as_of={LATE}", {}),
-                ("PATCH", "/v1/users/a%00b", {"json": {}}),
+            bad: list[tuple[str, str, dict[str, Any], int]] = [
+                ("POST", "/auth/login", {"json": {"email": "a\u0000b", "password": "x"}}, 422),
+                ("POST", "/auth/login", {"data": {"username": "a\u0000b", "password": "x"}}, 422),
+                (
+                    "POST",
+                    "/v1/api-keys",
+                    {"headers": owner, "json": {"name": "a\u0000b", "service": "pay"}},
+                    422,
+                ),
+                ("GET", "/v1/audit?actor=a%00b", {"headers": admin}, 422),
+                ("GET", "/v1/audit?service=a%00b", {"headers": admin}, 422),
+                ("PATCH", "/v1/users/a%00b", {"headers": admin, "json": {}}, 422),
+                ("DELETE", "/v1/api-keys/a%00b", {"headers": owner}, 422),
+                ("GET", f"{URL}?as_of={EARLY}", {"headers": owner}, 422),
+                ("GET", f"{URL}?as_of={LATE}", {"headers": owner}, 422),
+                ("GET", f"/v1/audit?since={EARLY}", {"headers": admin}, 422),
+                ("GET", f"/v1/audit?until={LATE}", {"headers": admin}, 422),
+                ("GET", "/v1/audit?format=csv&actor=a%00b", {"headers": admin}, 422),
+                ("GET", f"/v1/audit?format=jsonl&until={EARLY}", {"headers": admin}, 422),
+                ("PUT", URL, {"headers": as_json, "content": b'{"data": {"A": 1, "A": 2}}'}, 422),
+                ("PUT", URL, {"headers": {**owner, "If-Match": '"999"'}, "json": {}}, 422),
             ]
-            for method, path, kwargs in bad:
+            for method, path, kwargs, status in bad:
                 response = client.request(method, path, **kwargs)
-                assert response.status_code in (401, 422), (path, response.text)
-                assert client.get("/health/live").status_code == 200
+                assert response.status_code == status, (method, path, response.text)
+                assert response.json()["detail"]
+                assert client.get("/health/live").status_code == 200, (method, path)
 
 
 def test_an_export_that_fails_mid_stream_is_cut_off_not_ended_cleanly(

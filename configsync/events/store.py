@@ -381,6 +381,41 @@ def read_after(session: Session, after: int, limit: int = 1000) -> list[StoredEv
     return [StoredEvent.from_row(row) for row in rows]
 
 
+def read_heads_after(session: Session, after: int, limit: int = 1000) -> list[StoredEvent]:
+    """Like `read_after` without the payloads (`data` and `metadata` left empty, never parsed):
+    for consumers of positions and hashes only, such as the Merkle tree."""
+    rows = session.execute(
+        select(
+            EventRow.position,
+            EventRow.event_id,
+            EventRow.stream,
+            EventRow.version,
+            EventRow.type,
+            EventRow.recorded_at,
+            EventRow.prev_hash,
+            EventRow.hash,
+        )
+        .where(EventRow.position > after)
+        .order_by(EventRow.position)
+        .limit(limit)
+    )
+    return [
+        StoredEvent(
+            r.position,
+            r.event_id,
+            r.stream,
+            r.version,
+            r.type,
+            {},
+            {},
+            r.recorded_at,
+            r.prev_hash,
+            r.hash,
+        )
+        for r in rows
+    ]
+
+
 def _after(after: int, limit: int) -> Any:
     return (
         select(*_EVENT_COLUMNS)
