@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
 from configsync.auth.deps import BriefCallerDep, CallerDep
 from configsync.configs import commands, queries
 from configsync.configs.auth import (
+    ConfigAccess,
     ConfigWrite,
     HistoryRead,
     PromoteAccess,
@@ -29,7 +32,7 @@ from configsync.configs.auth import (
     write_access,
     write_context,
 )
-from configsync.configs.commands import WriteResult
+from configsync.configs.commands import WriteContext, WriteResult
 from configsync.configs.queries import Difference
 from configsync.configs.reader import ConfigReader, Lookup, response_body
 from configsync.configs.reads import WAIT, Answer, ReadRequest, decide, parse_etag
@@ -228,6 +231,29 @@ def _expected(request: Request, body_expected: int | None) -> int | None:
     return header if header is not None else body_expected
 
 
+def _write_document(
+    operation: Callable[..., WriteResult],
+    body: ConfigWriteBody,
+    request: Request,
+    session: Session,
+    access: ConfigAccess,
+    ctx: WriteContext,
+) -> Response:
+    """PUT and PATCH: the same checks, a different operation on the document."""
+    expected = _expected(request, body.expected_version)
+    expect_existing(access, expected)
+    result = operation(
+        session,
+        access.service,
+        access.environment,
+        body.data,
+        ctx,
+        reason=body.reason,
+        expected_version=expected,
+    )
+    return _written(result)
+
+
 def _written(result: WriteResult, extra: dict[str, Any] | None = None) -> Response:
     body = response_body(result, {"changed": result.changed, **(extra or {})})
     status = 201 if result.created else 200
@@ -247,18 +273,7 @@ def put_config(
     ctx: WriteContextDep,
 ) -> Response:
     """Replace the whole document (201 when it creates the config)."""
-    expected = _expected(request, body.expected_version)
-    expect_existing(access, expected)
-    result = commands.replace(
-        session,
-        access.service,
-        access.environment,
-        body.data,
-        ctx,
-        reason=body.reason,
-        expected_version=expected,
-    )
-    return _written(result)
+    return _write_document(commands.replace, body, request, session, access, ctx)
 
 
 @router.patch(
@@ -274,18 +289,7 @@ def patch_config(
     ctx: WriteContextDep,
 ) -> Response:
     """Apply a JSON Merge Patch (RFC 7396) to the document: null removes a key."""
-    expected = _expected(request, body.expected_version)
-    expect_existing(access, expected)
-    result = commands.patch(
-        session,
-        access.service,
-        access.environment,
-        body.data,
-        ctx,
-        reason=body.reason,
-        expected_version=expected,
-    )
-    return _written(result)
+    return _write_document(commands.patch, body, request, session, access, ctx)
 
 
 @router.delete(CONFIG_PATH, response_model=ConfigDeleted, responses=WRITE_ERRORS)
@@ -333,19 +337,14 @@ def config_history(
     ] = None,
 ) -> Response:
     """Every version, newest first: who, when, what (a one-line summary) and why."""
-    if key is not None:
-        page = queries.history_of_key(
-            session,
-            access.service,
-            access.environment,
-            parse_key(key),
-            limit=limit,
-            before_version=before_version,
-        )
-    else:
-        page = queries.history(
-            session, access.service, access.environment, limit=limit, before_version=before_version
-        )
+    page = queries.history(
+        session,
+        access.service,
+        access.environment,
+        limit=limit,
+        before_version=before_version,
+        key=parse_key(key) if key is not None else None,
+    )
     items = [
         {
             "version": e.version,

@@ -197,8 +197,10 @@ def history(
     *,
     limit: int = 50,
     before_version: int | None = None,
+    key: list[str] | None = None,
 ) -> HistoryPage:
-    """Versions newest first, `limit` at a time; page on with `before_version`."""
+    """Versions newest first, `limit` at a time; page on with `before_version`. With `key`,
+    only the versions that changed that key path, something inside it or containing it."""
     validate_name("service", service)
     validate_name("environment", environment)
     events = read_stream(
@@ -206,14 +208,24 @@ def history(
         stream_name(service, environment),
         up_to_version=before_version - 1 if before_version is not None else None,
         newest_first=True,
-        limit=limit,
+        limit=limit if key is None else None,  # a key filter reads on until the page is full
     )
     if not events and before_version is None:
         raise NotFound(f"config {service}/{environment} not found")
-    items = [HistoryEntry.of(e) for e in events if e.type == CONFIG_CHANGED]
-    last = events[-1].version if events else 1
+    kept = [
+        e
+        for e in events
+        if e.type == CONFIG_CHANGED and (key is None or touches(e.data["changes"], key))
+    ][: limit + 1]
+    if key is None:
+        last = events[-1].version if events else 1
+        more = len(events) == limit and last > 1
+    else:
+        more = len(kept) > limit
+        kept = kept[:limit]
+        last = kept[-1].version if kept else 1
     return HistoryPage(
-        items=items, next_before_version=last if len(events) == limit and last > 1 else None
+        items=[HistoryEntry.of(e) for e in kept], next_before_version=last if more else None
     )
 
 
@@ -285,36 +297,6 @@ def compare(
         to_version=b.version,
         difference=Difference.of(compute_changes(a.document, b.document)),
     )
-
-
-def history_of_key(
-    session: Session,
-    service: str,
-    environment: str,
-    key: list[str],
-    *,
-    limit: int,
-    before_version: int | None = None,
-) -> HistoryPage:
-    """The versions, newest first, that changed `key` or anything inside it."""
-    validate_name("service", service)
-    validate_name("environment", environment)
-    events = read_stream(
-        session,
-        stream_name(service, environment),
-        up_to_version=before_version - 1 if before_version is not None else None,
-        newest_first=True,
-    )
-    if not events and before_version is None:
-        raise NotFound(f"config {service}/{environment} not found")
-    items = [
-        HistoryEntry.of(e)
-        for e in events
-        if e.type == CONFIG_CHANGED and touches(e.data["changes"], key)
-    ]
-    more = len(items) > limit
-    items = items[:limit]
-    return HistoryPage(items=items, next_before_version=items[-1].version if more else None)
 
 
 @dataclass(frozen=True, slots=True)
