@@ -350,3 +350,38 @@ def test_an_export_that_fails_mid_stream_is_cut_off_not_ended_cleanly(
         with pg.begin() as conn:
             conn.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
         assert 1 <= lines <= 1000
+
+
+def test_the_client_retries_a_503_with_the_same_key_and_writes_once(
+    pg: Engine, pg_url: str, tmp_path: Any
+) -> None:
+    from configsync.client import Client
+    from configsync.events.store import APPEND_LOCK_KEY
+
+    env = clean_env(
+        DATABASE_URL=pg_url,
+        SECRET_KEY=TEST_SECRET,
+        CONFIGSYNC_AUDIT_LOG="x.log",
+        CONFIGSYNC_LOCK_TIMEOUT_SECONDS="0.5",
+    )
+    with running_server(tmp_path, env) as url:
+        api = next(make_api(pg_url, pg))
+        owner = api.person("owner@example.com")
+        client = Client(url, token=owner["Authorization"].split()[1])
+        assert client.put("pay", "prod", {"A": 1})["version"] == 1
+        held = threading.Event()
+
+        def hold_the_append_lock() -> None:
+            with pg.connect() as blocker:
+                blocker.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": APPEND_LOCK_KEY})
+                held.set()
+                time.sleep(0.9)  # the first try times out (503); a retry after it succeeds
+                blocker.rollback()
+
+        blocker = threading.Thread(target=hold_the_append_lock)
+        blocker.start()
+        held.wait(5)
+        answer = client.put("pay", "prod", {"A": 2})
+        blocker.join()
+        assert answer["version"] == 2 and answer["data"] == {"A": 2}
+        assert api.events() == 2
