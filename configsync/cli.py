@@ -15,7 +15,6 @@ from typing import Any
 
 from configsync.client import DEFAULT_URL, ClientError
 from configsync.errors import ConfigSyncError, InvalidInput
-from configsync.settings import new_log_key
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -132,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     tlog_new = tlog_commands.add_parser(
         "new-key", help="print a new signing key for CONFIGSYNC_LOG_SIGNING_KEY"
     )
-    tlog_new.set_defaults(handler=lambda _args: print(new_log_key()) or 0)
+    tlog_new.set_defaults(handler=_log_new_key)
     tlog_sign = tlog_commands.add_parser("checkpoint", help="sign a checkpoint of the log now")
     tlog_sign.set_defaults(handler=_log_checkpoint)
     tlog_verify = tlog_commands.add_parser(
@@ -451,6 +450,13 @@ def _audit_verify(_args: argparse.Namespace) -> int:
         }
     )
     return 0 if report.ok and audit_mismatch is None else 1
+
+
+def _log_new_key(_args: argparse.Namespace) -> int:
+    from configsync.settings import new_log_key
+
+    print(new_log_key())
+    return 0
 
 
 def _log_key(_args: argparse.Namespace) -> int:
