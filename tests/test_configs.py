@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from configsync.auth.models import UserRow
+from configsync.auth.service import service_owner
 from configsync.configs import commands, queries
 from configsync.configs.commands import WriteContext
 from configsync.db import unit_of_work
@@ -196,4 +197,4 @@ def test_first_write_records_the_owner(sessions: sessionmaker[Session]) -> None:
     other = WriteContext(actor=Actor(kind="user", id="u2", name="other@example.com"))
     write(sessions, commands.replace, "pay", "staging", {"A": 1}, other)
     with sessions() as s:
-        assert queries.service_owner(s, "pay")[1] == "u1"
+        assert service_owner(s, "pay")[1] == "u1"

@@ -21,9 +21,9 @@ from configsync.auth.permissions import (
     authorize_read,
     authorize_write,
 )
+from configsync.auth.service import service_owner
 from configsync.configs.commands import WriteContext, WritePath
 from configsync.configs.idempotency import IdempotencyKey, claim
-from configsync.configs.queries import service_owner
 from configsync.deps import SessionDep, SettingsDep, client_name, request_id
 from configsync.domain.documents import Limits
 from configsync.domain.names import validate_name

@@ -30,12 +30,6 @@ from projections import current, snapshots
 from projections.current import ConfigCurrentRow
 
 
-def service_owner(session: Session, service: str) -> tuple[bool, str | None]:
-    """(does the service exist, who owns it)."""
-    row = session.get(ServiceRow, service)
-    return (row is not None, row.owner_id if row else None)
-
-
 def missing(service: str, environment: str, state: current.CurrentConfig | None) -> NotFound:
     """The error for a config that is not there: Deleted (with its version) or NotFound."""
     if state is not None and state.deleted:
