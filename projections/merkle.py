@@ -194,16 +194,6 @@ def leaf(session: Session, position: int) -> bytes:
     return _load(session, [(0, position - 1)])[(0, position - 1)]
 
 
-def leaf_hashes(session: Session, size: int) -> list[bytes]:
-    """Every leaf hash up to `size`, in order (for a full recomputation)."""
-    rows = session.scalars(
-        select(MerkleNode.hash)
-        .where(MerkleNode.level == 0, MerkleNode.index < size)
-        .order_by(MerkleNode.index)
-    )
-    return [bytes.fromhex(h) for h in rows]
-
-
 def _hashes(session: Session, ranges: list[tuple[int, int]]) -> list[bytes]:
     nodes = _load(session, [b for start, end in ranges for b in _blocks(start, end)])
     return [_subtree(nodes, start, end) for start, end in ranges]

@@ -75,10 +75,6 @@ class Waiters:
             if not self._waiting[key]:
                 del self._waiting[key]
 
-    def count(self) -> int:
-        with self._lock:
-            return sum(len(watches) for watches in self._waiting.values())
-
     def wake(self, key: Key) -> None:
         """Thread-safe: called from request threads and the change-feed thread."""
         with self._lock:
