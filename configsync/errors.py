@@ -90,6 +90,10 @@ class ServiceUnavailable(ConfigSyncError):
     status_code = 503
 
 
+class SecretsUnavailable(ServiceUnavailable):
+    """A sealed value cannot be opened: the master key that wrapped its data key is not set."""
+
+
 class Throttled(ConfigSyncError):
     """Too many attempts: try again after `retry_after` seconds."""
 

@@ -7,6 +7,7 @@ def import_all_models() -> None:
     import configsync.audit.log
     import configsync.auth.models
     import configsync.configs.idempotency
-    import configsync.events.models  # noqa: F401
+    import configsync.events.models
+    import configsync.secrets.models  # noqa: F401
     import projections.base
     import projections.registry  # noqa: F401  (every projection, and so its tables)

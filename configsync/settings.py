@@ -23,6 +23,7 @@ from configsync.errors import ConfigurationError
 DEFAULT_DATABASE_URL = "sqlite:///./configsync.db"
 SECRET_KEY_FILE = ".configsync-secret-key"
 LOG_KEY_FILE = ".configsync-log-key"
+MASTER_KEY_FILE = ".configsync-master-key"
 MIN_SECRET_KEY_LENGTH = 32
 # Values that have been published as defaults somewhere and so are no secret at all.
 KNOWN_WEAK_SECRETS = frozenset({"", "supersecretkey", "changeme", "changethis", "secret"})
@@ -86,6 +87,12 @@ class Settings(BaseSettings):
     checkpoint_interval_seconds: float = Field(60.0, ge=0)
     checkpoint_log: str = "logs/checkpoints.log"
     checkpoint_hook: str | None = None
+    # Secrets (configsync.secrets): the master keys that wrap every data key (base64 of 32
+    # bytes each, comma-separated, newest first; generated beside the database in development,
+    # required in production), and the key-name patterns whose values are secret at any depth
+    # (comma-separated, case-insensitive; owners declare more per service).
+    master_keys: str | None = None
+    secret_patterns: str = "*PASSWORD*,*SECRET*,*TOKEN*,*_KEY,*PRIVATE*,*CREDENTIAL*"
 
     @field_validator("login_failures_per_account", "login_failures_per_address")
     @classmethod
@@ -105,6 +112,12 @@ class Settings(BaseSettings):
                 "CONFIGSYNC_ENV=production needs a real SECRET_KEY: set SECRET_KEY to at least "
                 f"{MIN_SECRET_KEY_LENGTH} random characters, for example the output of "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`."
+            )
+        if self.env == "production" and not (self.master_keys or "").strip():
+            raise ConfigurationError(
+                "CONFIGSYNC_ENV=production needs CONFIGSYNC_MASTER_KEYS, the master key that "
+                "wraps the keys of every secret value: `configsync keys new-master` prints one. "
+                "Keep it apart from the database backups: without it no secret can be read."
             )
         return self
 
@@ -147,6 +160,18 @@ class Settings(BaseSettings):
             )
         return _development_secret(self._beside_database(LOG_KEY_FILE), new_log_key)
 
+    def master_key_text(self) -> str:
+        """CONFIGSYNC_MASTER_KEYS, or in development a key generated once beside the database
+        (0600, like the token and log keys)."""
+        if self.master_keys and self.master_keys.strip():
+            return self.master_keys
+        if self.env == "production":  # unreachable: the validator refuses this; kept as a guard
+            raise ConfigurationError("CONFIGSYNC_MASTER_KEYS is not set")
+        return _development_secret(self._beside_database(MASTER_KEY_FILE), new_log_key)
+
+    def secret_pattern_list(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.secret_patterns.split(",") if p.strip())
+
     def _beside_database(self, name: str) -> Path:
         if self.is_sqlite:
             db_path = sqlite_path(self.database_url)
@@ -173,7 +198,7 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def new_log_key() -> str:
-    """A new Ed25519 signing key for the transparency log: base64 of its 32-byte seed."""
+    """32 random bytes as base64: an Ed25519 seed for the log, or an AES-256 master key."""
     return base64.b64encode(secrets.token_bytes(32)).decode()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, String
+from sqlalchemy import Boolean, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from configsync.db import Base, UTCDateTime, utcnow
@@ -31,6 +31,8 @@ class ServiceRow(Base):
         String(36), ForeignKey("users.id", ondelete="SET NULL"), index=True
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Key paths the owner declared secret (JSON list of lists of keys), beside the patterns.
+    secret_paths: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
 
 
 class ApiKeyRow(Base):

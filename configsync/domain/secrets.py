@@ -1,0 +1,170 @@
+"""Secret values in config documents: which values are secret, how a sealed one looks, masking.
+
+Pure: no keys, no I/O. Encryption is configsync.secrets's; this module says *where* secrets are
+and what a reader who may not see one gets instead.
+
+A secret value is stored in a document (and so in events, projections and the audit trail) as
+an envelope, an object with one reserved key:
+
+    {"$secret": {"k": "<data key id>", "n": "<nonce>", "c": "<ciphertext>", "f": "<fingerprint>"}}
+
+`f` is a keyed fingerprint of the plaintext (an HMAC under the installation's fingerprint key,
+truncated): equal values of one service get equal fingerprints, so a reader of the history sees
+that a secret changed, or differs between two environments, without learning it. Masking
+replaces each envelope with `{"masked": true, "fingerprint": f}`; it needs no key, so the
+worker, the audit trail and every rebuild mask exactly alike.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from configsync.errors import InvalidDocument
+from configsync.events.canonical import JSONValue
+
+ENVELOPE_KEY = "$secret"
+DEFAULT_PATTERNS = ("*PASSWORD*", "*SECRET*", "*TOKEN*", "*_KEY", "*PRIVATE*", "*CREDENTIAL*")
+
+# A path inside a document: object keys, and list indexes where the value sits in an array.
+Path = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRule:
+    """Which values of a document are secret: keys whose name matches a pattern (any depth,
+    case-insensitive), or whose path of object keys is one the service's owner declared."""
+
+    patterns: tuple[str, ...] = DEFAULT_PATTERNS
+    declared: frozenset[tuple[str, ...]] = frozenset()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patterns", tuple(p.upper() for p in self.patterns))
+
+    def is_secret(self, name: str, keys: tuple[str, ...]) -> bool:
+        upper = name.upper()
+        return keys in self.declared or any(fnmatch.fnmatchcase(upper, p) for p in self.patterns)
+
+    def paths(self, document: JSONValue) -> list[Path]:
+        """The paths of the secret values of `document` (a secret's inside is not searched)."""
+        found: list[Path] = []
+        stack: list[tuple[Any, Path, tuple[str, ...]]] = [(document, (), ())]
+        while stack:
+            node, path, keys = stack.pop()
+            if isinstance(node, dict):
+                for name, value in node.items():
+                    here = (*keys, name)
+                    if self.is_secret(name, here):
+                        found.append((*path, name))
+                    elif isinstance(value, dict | list):
+                        stack.append((value, (*path, name), here))
+            elif isinstance(node, list):
+                stack.extend(
+                    (value, (*path, index), keys)
+                    for index, value in enumerate(node)
+                    if isinstance(value, dict | list)
+                )
+        return found
+
+
+def is_envelope(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and ENVELOPE_KEY in value
+
+
+def is_masked(value: Any) -> bool:
+    """A masked secret, as `masked` makes it."""
+    return isinstance(value, dict) and value.get("masked") is True and "fingerprint" in value
+
+
+def envelope_parts(value: Mapping[str, Any]) -> Mapping[str, str]:
+    parts: Mapping[str, str] = value[ENVELOPE_KEY]
+    return parts
+
+
+def key_id(envelope: Mapping[str, Any]) -> str:
+    return envelope_parts(envelope)["k"]
+
+
+def fingerprint(envelope: Mapping[str, Any]) -> str:
+    return envelope_parts(envelope)["f"]
+
+
+def masked(envelope: Mapping[str, Any], *, destroyed: bool = False) -> dict[str, Any]:
+    """What a reader who may not see a secret gets in its place."""
+    out: dict[str, Any] = {"masked": True, "fingerprint": fingerprint(envelope)}
+    if destroyed:
+        out["destroyed"] = True
+    return out
+
+
+def mask(value: Any) -> Any:
+    """`value` (a document, a change list, any JSON) with every envelope masked; a new value."""
+    if is_envelope(value):
+        return masked(value)
+    if isinstance(value, dict):
+        return {k: mask(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask(v) for v in value]
+    return value
+
+
+def has_envelopes(value: Any) -> bool:
+    return next(envelopes(value), None) is not None
+
+
+def envelopes(value: Any, path: Path = ()) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every envelope in `value`, with its path."""
+    if is_envelope(value):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from envelopes(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from envelopes(v, (*path, i))
+
+
+def key_ids(values: Iterable[Any]) -> set[str]:
+    """The data keys that sealed any envelope in `values`."""
+    return {key_id(envelope) for value in values for _, envelope in envelopes(value)}
+
+
+def check_not_reserved(document: Any) -> None:
+    """Refuse a written document that uses the envelope's reserved key anywhere: a reader could
+    not tell such a value from a sealed secret."""
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if ENVELOPE_KEY in node:
+                raise InvalidDocument(f"the key {ENVELOPE_KEY!r} is reserved for sealed secrets")
+            stack.extend(v for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, dict | list))
+
+
+def get_path(document: Any, path: Path) -> Any:
+    node = document
+    for part in path:
+        node = node[part]
+    return node
+
+
+def set_path(document: Any, path: Path, value: Any) -> None:
+    parent = get_path(document, path[:-1])
+    parent[path[-1]] = value
+
+
+def lookup(document: Any, path: Path) -> tuple[bool, Any]:
+    """(found, value) at `path`."""
+    node = document
+    for part in path:
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                return False, None
+        elif not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
