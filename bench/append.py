@@ -27,6 +27,9 @@ from configsync.domain.events import CONFIG_CHANGED
 from configsync.errors import VersionConflict
 from configsync.events import NewEvent, StoredEvent, append, append_batch
 from configsync.events.group import GroupCommit
+from configsync.secrets.vault import Vault
+
+VAULT = Vault.ephemeral()
 
 ACTOR = {"actor": {"kind": "user", "id": "bench", "name": "bench"}}
 
@@ -116,7 +119,7 @@ def run_service_writers(
     path: WritePath,
 ) -> int:
     """The whole write path of PUT: stream lock, read current, diff, append, inline projections."""
-    ctx = WriteContext(actor=SYSTEM, path=path)
+    ctx = WriteContext(vault=VAULT, actor=SYSTEM, path=path)
 
     def writer(w: int) -> None:
         for i in range(per_writer):

@@ -23,7 +23,10 @@ from configsync.auth.tokens import issue
 from configsync.configs import commands
 from configsync.configs.commands import WriteContext
 from configsync.db import make_engine, unit_of_work
+from configsync.secrets.vault import Vault
 from configsync.settings import Settings
+
+VAULT = Vault.ephemeral()
 
 SECRET = "bench-secret-key-0123456789-0123456789-abcdef"
 
@@ -33,7 +36,7 @@ def seed(url: str, versions: int) -> str:
     with unit_of_work(factory) as session:
         user = signup(session, "bench@example.com", "bench-password")
     caller = Caller(kind="user", id=user.id, name=user.email, role="user")
-    ctx = WriteContext(actor=caller.actor())
+    ctx = WriteContext(vault=VAULT, actor=caller.actor())
     document = {f"KEY_{k}": k for k in range(40)}
     for v in range(1, versions + 1):
         document[f"KEY_{v % 40}"] = f"value-{v}"  # every write changes something

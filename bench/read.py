@@ -29,6 +29,9 @@ from configsync.auth.service import create_api_key, signup
 from configsync.configs import commands
 from configsync.configs.commands import WriteContext
 from configsync.db import make_engine, unit_of_work
+from configsync.secrets.vault import Vault
+
+VAULT = Vault.ephemeral()
 
 SECRET = "bench-secret-key-0123456789-0123456789-abcdef"
 
@@ -52,7 +55,9 @@ def seed(url: str) -> str:
     with unit_of_work(factory) as session:
         user = signup(session, "bench@example.com", "bench-password")
         caller = Caller(kind="user", id=user.id, name=user.email, role="user")
-        commands.replace(session, "bench", "prod", document(), WriteContext(actor=caller.actor()))
+        commands.replace(
+            session, "bench", "prod", document(), WriteContext(vault=VAULT, actor=caller.actor())
+        )
     with unit_of_work(factory) as session:
         _, key = create_api_key(
             session,

@@ -15,6 +15,7 @@ from configsync.auth.endpoints import router as auth_router
 from configsync.configs.endpoints import legacy as legacy_router
 from configsync.configs.endpoints import router as configs_router
 from configsync.configs.fastpath import CachedReads
+from configsync.configs.secret_endpoints import router as secrets_router
 from configsync.middleware import BODY_OVERHEAD, RequestGuard
 from configsync.runtime import Runtime
 from configsync.settings import Settings, get_settings
@@ -50,13 +51,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.login_throttle = runtime.login_throttle
     app.state.config_reader = runtime.reader
     app.state.write_path = runtime.write_path
+    app.state.vault = runtime.vault
     app.state.change_feed = runtime.feed
     app.add_middleware(CachedReads, authenticator=runtime.authenticator, reader=runtime.reader)
     # Added last, so outermost: request ids and the body limit apply to every request.
     app.add_middleware(RequestGuard, max_body=settings.max_document_bytes + BODY_OVERHEAD)
     exception_handlers.install(app, max_depth=settings.max_document_depth)
     docs.install(app)
-    routers = (health.router, legacy_router, auth_router, configs_router, audit_router, log_router)
+    routers = (
+        health.router,
+        legacy_router,
+        auth_router,
+        configs_router,
+        secrets_router,
+        audit_router,
+        log_router,
+    )
     for router in routers:
         app.include_router(router)
     return app

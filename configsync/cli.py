@@ -151,6 +151,40 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--url", help="a server to export the log from (a saved login)")
     tlog_verify.set_defaults(handler=_log_verify)
 
+    keys = commands.add_parser("keys", help="the master keys that wrap the keys of secrets")
+    keys_commands = keys.add_subparsers(title="key commands", metavar="ACTION")
+    keys_new = keys_commands.add_parser(
+        "new-master", help="print a new master key for CONFIGSYNC_MASTER_KEYS"
+    )
+    keys_new.set_defaults(handler=_keys_new_master)
+    keys_rotate = keys_commands.add_parser(
+        "rotate",
+        help="re-wrap every data key under the newest master key (the first listed); "
+        "events are not touched",
+    )
+    keys_rotate.set_defaults(handler=_keys_rotate)
+
+    secrets = commands.add_parser("secrets", help="secret values: declare, destroy")
+    secrets_commands = secrets.add_subparsers(title="secrets commands", metavar="ACTION")
+    declare = secrets_commands.add_parser(
+        "declare", help="set the key paths a service declares secret (the whole list)"
+    )
+    declare.add_argument("service")
+    declare.add_argument("paths", nargs="*", help="key paths such as database.password")
+    declare.add_argument("--json", action="store_true")
+    declare.set_defaults(handler=_secrets_declare)
+    destroy = secrets_commands.add_parser(
+        "destroy",
+        help="crypto-shred the secret values of versions up to N for ever "
+        "(the current values are sealed afresh first)",
+    )
+    destroy.add_argument("service")
+    destroy.add_argument("--up-to", type=int, required=True, metavar="VERSION")
+    destroy.add_argument("--reason", required=True)
+    destroy.add_argument("-e", "--environment", default="default")
+    destroy.add_argument("--json", action="store_true")
+    destroy.set_defaults(handler=_secrets_destroy)
+
     audit = commands.add_parser("audit", help="the tamper-evident log")
     audit_commands = audit.add_subparsers(title="audit commands", metavar="ACTION")
     audit_verify = audit_commands.add_parser("verify", help="walk and check the hash chain")
@@ -241,11 +275,11 @@ def _show_changes(title: str, answer: dict[str, Any]) -> None:
         sign, colour = symbols[change["op"]]
         path = ".".join(change["path"]) or "(whole document)"
         if change["op"] == "replace":
-            text = f"{path}: {json.dumps(change['old'])} -> {json.dumps(change['new'])}"
+            text = f"{path}: {_shown(change['old'])} -> {_shown(change['new'])}"
         elif change["op"] == "add":
-            text = f"{path}: {json.dumps(change['new'])}"
+            text = f"{path}: {_shown(change['new'])}"
         else:
-            text = f"{path}: {json.dumps(change['old'])}"
+            text = f"{path}: {_shown(change['old'])}"
         console.print(f"[{colour}]{sign} {text}[/{colour}]", highlight=False, markup=True)
     stats = answer["stats"]
     console.print(f"{stats['added']} added, {stats['changed']} changed, {stats['removed']} removed")
@@ -287,6 +321,64 @@ def _compare(args: argparse.Namespace) -> int:
             answer,
         )
     return 0
+
+
+def _keys_new_master(_args: argparse.Namespace) -> int:
+    from configsync.secrets.crypto import new_master_key
+
+    print(new_master_key())
+    return 0
+
+
+def _keys_rotate(_args: argparse.Namespace) -> int:
+    from configsync.db import unit_of_work
+    from configsync.secrets.crypto import MasterKeys
+    from configsync.secrets.vault import Vault
+    from configsync.settings import get_settings
+
+    vault = Vault(MasterKeys.parse(get_settings().master_key_text()))
+    with unit_of_work(_session_factory()) as session:
+        rewrapped = vault.rotate(session)
+    print(
+        f"re-wrapped {rewrapped} key(s) under master key {vault.master.newest_id}; "
+        "older master keys can now be removed from CONFIGSYNC_MASTER_KEYS"
+    )
+    return 0
+
+
+def _secrets_declare(args: argparse.Namespace) -> int:
+    answer = _client().declare_secrets(args.service, args.paths)
+    if args.json:
+        _print_json(answer)
+        return 0
+    print(f"{args.service}: declared secret: {', '.join(answer['paths']) or '(none)'}")
+    print(f"  and every key matching {', '.join(answer['patterns'])}")
+    for path, count in answer["plaintext_versions"].items():
+        if count:
+            print(f"  {path}: {count} earlier version(s) hold it in plain text")
+    return 0
+
+
+def _secrets_destroy(args: argparse.Namespace) -> int:
+    answer = _client().destroy_secrets(args.service, args.environment, args.up_to, args.reason)
+    if args.json:
+        _print_json(answer)
+    elif answer["changed"]:
+        print(
+            f"{args.service}/{args.environment}: destroyed {len(answer['destroyed_keys'])} data "
+            f"key(s); secret values of versions 1..{answer['unreadable_through_version']} can no "
+            f"longer be read; version {answer['version']} records it"
+        )
+    else:
+        print(f"{args.service}/{args.environment}: nothing sealed in those versions to destroy")
+    return 0
+
+
+def _shown(value: Any) -> str:
+    """A value as the CLI prints it: a masked secret as *** and its fingerprint."""
+    if isinstance(value, dict) and value.get("masked") is True:
+        return "***destroyed" if value.get("destroyed") else f"***{value.get('fingerprint', '')}"
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _console() -> Any:

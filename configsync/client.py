@@ -166,6 +166,22 @@ class Client:
         )
         return answer
 
+    def destroy_secrets(
+        self, service: str, environment: str, up_to_version: int, reason: str | None
+    ) -> dict[str, Any]:
+        answer: dict[str, Any] = self._write(
+            "POST",
+            f"/v1/configs/{service}/{environment}/secrets/destroy",
+            json={"up_to_version": up_to_version, "reason": reason},
+        )
+        return answer
+
+    def declare_secrets(self, service: str, paths: list[str]) -> dict[str, Any]:
+        answer: dict[str, Any] = self._call(
+            "PUT", f"/v1/services/{service}/secrets", json={"paths": paths}
+        )
+        return answer
+
     def blame(self, service: str, environment: str) -> dict[str, Any]:
         answer: dict[str, Any] = self._call("GET", f"/v1/configs/{service}/{environment}/blame")
         return answer

@@ -43,12 +43,21 @@ class KeyRevoked:
     key_hash: str
 
 
-Message = ConfigMoved | KeyRevoked
+@dataclass(frozen=True, slots=True)
+class KeysDestroyed:
+    """Data keys of secrets were destroyed: every process drops them from its cache."""
+
+    key_ids: tuple[str, ...]
+
+
+Message = ConfigMoved | KeyRevoked | KeysDestroyed
 
 
 def encode(message: Message) -> str:
     if isinstance(message, ConfigMoved):
         return f"config:{message.service}/{message.environment}:{message.version}"
+    if isinstance(message, KeysDestroyed):
+        return "destroyed:" + " ".join(message.key_ids)
     return f"key:{message.key_hash}"
 
 
@@ -57,6 +66,8 @@ def decode(payload: str) -> Message | None:
     kind, _, rest = payload.partition(":")
     if kind == "key" and rest:
         return KeyRevoked(rest)
+    if kind == "destroyed" and rest:
+        return KeysDestroyed(tuple(rest.split(" ")))
     if kind == "config":
         stream, _, version = rest.rpartition(":")
         service, _, environment = stream.partition("/")

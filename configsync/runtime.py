@@ -14,10 +14,12 @@ from configsync.auth.throttle import LoginThrottle
 from configsync.configs.commands import ReadyWrite, WritePath, record
 from configsync.configs.reader import ConfigReader
 from configsync.db import make_engine, make_session_factory
-from configsync.domain.events import split_stream
+from configsync.domain.events import CONFIG_CHANGED, split_stream
 from configsync.events import StoredEvent
 from configsync.events.group import GroupCommit
-from configsync.feed import ChangeFeed, ConfigMoved, KeyRevoked, Message
+from configsync.feed import ChangeFeed, ConfigMoved, KeyRevoked, KeysDestroyed, Message
+from configsync.secrets.crypto import MasterKeys
+from configsync.secrets.vault import Vault
 from configsync.settings import Settings
 from configsync.tasks import Dispatcher
 
@@ -34,6 +36,7 @@ class Runtime:
     group: GroupCommit[ReadyWrite, StoredEvent] | None
     feed: ChangeFeed | None
     write_path: WritePath
+    vault: Vault
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -44,7 +47,8 @@ class Runtime:
             idle_in_transaction_timeout=settings.idle_in_transaction_timeout_seconds,
         )
         session_factory = make_session_factory(engine)
-        reader = ConfigReader(session_factory)
+        vault = Vault(MasterKeys.parse(settings.master_key_text()), settings.secret_pattern_list())
+        reader = ConfigReader(session_factory, vault)
         dispatcher = Dispatcher(settings, session_factory)
         # Group commit on PostgreSQL (configsync.events.group). Not on SQLite: there a request's
         # transaction holds the database's one write lock, which the group's transaction needs.
@@ -58,6 +62,8 @@ class Runtime:
             )
 
         def committed(event: StoredEvent) -> None:
+            if event.type != CONFIG_CHANGED:
+                return
             service, environment = split_stream(event.stream)
             reader.changed(ConfigMoved(service, environment, event.version))
 
@@ -72,6 +78,7 @@ class Runtime:
             group=group,
             feed=None,
             write_path=WritePath(group=group, listeners=(committed, dispatcher)),
+            vault=vault,
         )
         if postgres:
             runtime.feed = ChangeFeed(
@@ -88,6 +95,8 @@ class Runtime:
             self.reader.changed(message)
         elif isinstance(message, KeyRevoked):
             self.authenticator.forget(message.key_hash)
+        elif isinstance(message, KeysDestroyed):
+            self.vault.forget(message.key_ids)
 
     def trust_caches(self, enabled: bool) -> None:
         """Caches are used only while the change feed can tell them what changed."""

@@ -20,7 +20,16 @@ from sqlalchemy import BigInteger, Index, Integer, String, Table, Text, delete, 
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from configsync.db import Base, UTCDateTime
-from configsync.domain.events import CONFIG_CHANGED, ConfigChanged, split_stream, summarize
+from configsync.domain.events import (
+    CONFIG_CHANGED,
+    REVEALED,
+    SECRETS_REVEALED,
+    ConfigChanged,
+    SecretsRevealed,
+    split_stream,
+    summarize,
+)
+from configsync.domain.secrets import mask
 from configsync.events import StoredEvent, format_instant
 from configsync.events.canonical import canonical_json, loads
 from configsync.events.models import EventRow
@@ -57,24 +66,39 @@ class RebuildRow(Base):
 
 
 def row_values(event: StoredEvent) -> dict[str, Any]:
-    service, environment = split_stream(event.stream)
+    """An event's audit row. Secret values are masked: the audit trail shows that a secret
+    changed (its fingerprint did) and never what it holds, for every reader."""
     actor = event.metadata.get("actor") or {}
-    payload = ConfigChanged.from_data(event.data, event.version)
-    return {
+    row = {
         "position": event.position,
         "event_id": event.event_id,
         "recorded_at": event.recorded_at,
         "actor_kind": str(actor.get("kind", "")),
         "actor_id": str(actor.get("id", "")),
         "actor_name": str(actor.get("name", "")),
+        "hash": event.hash,
+    }
+    if event.type == SECRETS_REVEALED:
+        revealed = SecretsRevealed.from_data(event.data)
+        return row | {
+            "service": revealed.service,
+            "environment": revealed.environment,
+            "version": revealed.to_version,
+            "action": REVEALED,
+            "summary": revealed.summary(),
+            "reason": revealed.reason,
+            "changes": "[]",
+        }
+    service, environment = split_stream(event.stream)
+    payload = ConfigChanged.from_data(event.data, event.version)
+    return row | {
         "service": service,
         "environment": environment,
         "version": event.version,
         "action": payload.action,
         "summary": summarize(payload.changes),
         "reason": payload.reason,
-        "changes": canonical_json(payload.changes),
-        "hash": event.hash,
+        "changes": canonical_json(mask(payload.changes)),
     }
 
 
@@ -98,7 +122,7 @@ def as_item(row: AuditRow) -> dict[str, Any]:
 
 class AuditProjection:
     name = NAME
-    handles = frozenset({CONFIG_CHANGED})
+    handles = frozenset({CONFIG_CHANGED, SECRETS_REVEALED})
     needs_payload = True
 
     def apply(self, session: Session, events: Sequence[StoredEvent]) -> None:

@@ -42,6 +42,7 @@ TABLES = [
     "idempotency_keys",
     "merkle_nodes",
     "log_checkpoints",
+    "secret_keys",
     "events",
 ]
 APPEND_ONLY = ["events", "audit_log"]  # their triggers refuse TRUNCATE, as they should
@@ -264,6 +265,7 @@ def cli(*args: str, env: dict[str, str], cwd: Path | None = None, stdin: str | N
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 LOG_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="  # the tests' log signing key (a seed)
+MASTER_KEY = "H4ZzKKTS0q4S6fl+D5G5Ww3Y3d0b9xUXgD1yYfp3nV0="  # the tests' secrets master key
 PASSWORD = "password123"
 
 
@@ -414,6 +416,7 @@ def make_api(
     settings.setdefault("audit_log", f"{logs}/audit.log")
     settings.setdefault("checkpoint_log", f"{logs}/checkpoints.log")
     settings.setdefault("log_signing_key", LOG_KEY)
+    settings.setdefault("master_keys", MASTER_KEY)
     app = create_app(Settings(database_url=url, secret_key=TEST_SECRET, **settings))
     with TestClient(app) as client:
         client.event_hooks["response"].append(SchemaCheck(app))

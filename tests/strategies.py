@@ -8,7 +8,13 @@ from hypothesis import strategies as st
 text = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12
 )
-keys = st.one_of(st.sampled_from(["a", "b", "API_URL", "TIMEOUT", "ключ", "a.b", "x y"]), text)
+# Some keys name secrets (by the default patterns): their values are sealed when stored.
+keys = st.one_of(
+    st.sampled_from(
+        ["a", "b", "API_URL", "TIMEOUT", "ключ", "a.b", "x y", "DB_PASSWORD", "api_token", "S_KEY"]
+    ),
+    text,
+)
 scalars = st.one_of(
     st.none(),
     st.booleans(),

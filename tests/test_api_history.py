@@ -27,6 +27,11 @@ def owner(pg_api: Api) -> dict[str, str]:
     return pg_api.person("owner@example.com")
 
 
+@pytest.fixture
+def auditor(pg_api: Api) -> dict[str, str]:
+    return pg_api.person("auditor@example.com", role="auditor")
+
+
 def _apply_shown(document: dict[str, Any], shown: list[dict[str, Any]]) -> dict[str, Any]:
     """Apply changes in the form the diff endpoints show them (op, path, old, new)."""
     stored = [
@@ -105,14 +110,19 @@ def test_every_version_reads_back_and_rollback_adds_exactly_one(
 @SLOW
 @given(a=documents, b=documents)
 def test_the_diff_endpoint_turns_a_into_b(
-    pg_api: Api, owner: dict[str, str], a: Any, b: Any
+    pg_api: Api, owner: dict[str, str], auditor: dict[str, str], a: Any, b: Any
 ) -> None:
     url = f"/v1/configs/svc-{uuid.uuid4().hex[:10]}/prod"
     pg_api.put(url, headers=owner, json={"data": a})
     pg_api.put(url, headers=owner, json={"data": b})
     version = pg_api.get(url, headers=owner).json()["version"]
-    diff = pg_api.get(f"{url}/diff?from=1&to={version}", headers=owner).json()
+    # In plain text (the owner reveals the secrets among them): the diff turns a into b.
+    diff = pg_api.get(f"{url}/diff?from=1&to={version}&reveal=true", headers=owner).json()
     assert documents_equal(_apply_shown(a, diff["changes"]), b)
+    # Masked (what every reader of history gets): it turns the masked a into the masked b.
+    masked = pg_api.get(f"{url}/diff?from=1&to={version}", headers=owner).json()
+    shown = [pg_api.get(f"{url}?version={v}", headers=auditor).json()["data"] for v in (1, version)]
+    assert documents_equal(_apply_shown(shown[0], masked["changes"]), shown[1])
     same = pg_api.get(f"{url}/diff?from={version}", headers=owner).json()
     assert same["changes"] == [] and same["stats"] == {"added": 0, "removed": 0, "changed": 0}
 

@@ -65,3 +65,35 @@ def test_people_commands_against_a_server(server: str, tmp_path: Path) -> None:
     assert "nothing appended" in again.stdout
     missing = cli("rollback", "pay", "99", "--reason", "x", "-e", "prod", env=env)
     assert missing.returncode == 1 and "404" in missing.stderr
+
+
+def test_secrets_commands_against_a_server(server: str, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = clean_env(CONFIGSYNC_URL=server, XDG_CONFIG_HOME=str(home))
+    httpx.post(server + "/auth/signup", json={"email": "ops@example.com", "password": PASSWORD})
+    assert cli("login", "ops@example.com", env=env, stdin=PASSWORD + "\n").returncode == 0
+    token = json.loads((home / "configsync" / "credentials.json").read_text())["access_token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    url = server + "/v1/configs/pay/prod"
+    for doc in ({"DB_PASSWORD": "hunter2", "db": {"host": "a"}}, {"DB_PASSWORD": "swordfish"}):
+        httpx.put(url, headers=auth, json={"data": doc})
+
+    shown = cli("diff", "pay", "1", "2", "-e", "prod", env=env)
+    assert shown.returncode == 0 and "hunter2" not in shown.stdout + shown.stderr
+    masked = [line for line in shown.stdout.splitlines() if "DB_PASSWORD" in line]
+    assert len(masked) == 1 and masked[0].count("***") == 2  # old and new, by fingerprint
+
+    declared = cli("secrets", "declare", "pay", "db.host", env=env)
+    assert declared.returncode == 0, declared.stderr
+    assert "db.host" in declared.stdout and "1 earlier version(s)" in declared.stdout
+
+    destroyed = cli(
+        "secrets", "destroy", "pay", "--up-to", "1", "--reason", "leaked", "-e", "prod", env=env
+    )
+    assert destroyed.returncode == 0, destroyed.stderr
+    assert "versions 1..2 can no longer be read" in destroyed.stdout
+    old = httpx.get(url, headers=auth, params={"version": 1}).json()["data"]
+    assert old["DB_PASSWORD"]["destroyed"] is True
+    assert httpx.get(url, headers=auth).json()["data"]["DB_PASSWORD"] == "swordfish"
+    shown = cli("diff", "pay", "1", "2", "-e", "prod", env=env)
+    assert "***" in shown.stdout and "swordfish" not in shown.stdout

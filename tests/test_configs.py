@@ -28,9 +28,12 @@ from configsync.errors import (
     VersionConflict,
 )
 from configsync.events import read_stream, verify_chain
+from configsync.secrets.vault import Vault
 from projections import current
 from tests.conftest import scalar
 from tests.strategies import documents
+
+VAULT = Vault.ephemeral()
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +45,9 @@ def people(sessions: sessionmaker[Session]) -> None:
             )
 
 
-CTX = WriteContext(actor=Actor(kind="user", id="u1", name="owner@example.com"), request_id="r1")
+CTX = WriteContext(
+    vault=VAULT, actor=Actor(kind="user", id="u1", name="owner@example.com"), request_id="r1"
+)
 
 
 def write(sessions: sessionmaker[Session], op: Any, *args: Any, **kwargs: Any) -> Any:
@@ -72,12 +77,14 @@ def test_folding_stored_events_reproduces_every_distinct_document_written(
     with sessions() as s:
         events = read_stream(s, f"{name}/prod")
         assert len(events) == len(distinct)
+        # What is stored has secret values sealed; opened, it is what was written.
         for n, expected in enumerate(distinct, start=1):
-            assert documents_equal(fold(events[:n]).document, expected)
-            assert documents_equal(queries.get_version(s, name, "prod", n).document, expected)
+            assert documents_equal(VAULT.open(s, fold(events[:n]).document), expected)
+            past = queries.get_version(s, name, "prod", n).document
+            assert documents_equal(VAULT.open(s, past), expected)
         row = current.read(s, name, "prod")
         assert row is not None and row.version == len(distinct)
-        assert documents_equal(row.document, distinct[-1])
+        assert documents_equal(VAULT.open(s, row.document), distinct[-1])
 
 
 def test_a_write_that_changes_nothing_appends_nothing(
@@ -161,7 +168,9 @@ def test_expected_version_guards_every_kind_of_write(
 def test_bad_input_raises_a_clear_error_and_appends_nothing(
     sessions: sessionmaker[Session], engine: Engine, svc: str, env: str, doc: Any, error: type
 ) -> None:
-    ctx = WriteContext(actor=CTX.actor, limits=Limits(max_bytes=4096, max_keys=20, max_depth=4))
+    ctx = WriteContext(
+        vault=VAULT, actor=CTX.actor, limits=Limits(max_bytes=4096, max_keys=20, max_depth=4)
+    )
     with pytest.raises(error):
         write(sessions, commands.replace, svc, env, doc, ctx)
     assert scalar(engine, "SELECT count(*) FROM events") == 0
@@ -171,7 +180,9 @@ def test_bad_input_raises_a_clear_error_and_appends_nothing(
 def test_a_patch_that_would_break_a_limit_appends_nothing(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:
-    ctx = WriteContext(actor=CTX.actor, limits=Limits(max_bytes=4096, max_keys=3, max_depth=4))
+    ctx = WriteContext(
+        vault=VAULT, actor=CTX.actor, limits=Limits(max_bytes=4096, max_keys=3, max_depth=4)
+    )
     write(sessions, commands.replace, "pay", "prod", {"A": 1, "B": 2}, ctx)
     with pytest.raises(InvalidDocument, match="limit is 3"):
         write(sessions, commands.patch, "pay", "prod", {"C": 3, "D": 4}, ctx)
@@ -194,7 +205,7 @@ def test_reads_of_the_past_by_version_and_instant(sessions: sessionmaker[Session
 
 def test_first_write_records_the_owner(sessions: sessionmaker[Session]) -> None:
     write(sessions, commands.replace, "pay", "prod", {"A": 1}, CTX)
-    other = WriteContext(actor=Actor(kind="user", id="u2", name="other@example.com"))
+    other = WriteContext(vault=VAULT, actor=Actor(kind="user", id="u2", name="other@example.com"))
     write(sessions, commands.replace, "pay", "staging", {"A": 1}, other)
     with sessions() as s:
         assert service_owner(s, "pay")[1] == "u1"

@@ -13,10 +13,13 @@ from configsync.configs import commands
 from configsync.configs.commands import WriteContext
 from configsync.db import unit_of_work
 from configsync.domain.actor import Actor
+from configsync.secrets.vault import Vault
 from projections import current
 from tests.conftest import clean_env, cli
 
-CTX = WriteContext(actor=Actor(kind="user", id="u1", name="owner@example.com"))
+VAULT = Vault.ephemeral()
+
+CTX = WriteContext(vault=VAULT, actor=Actor(kind="user", id="u1", name="owner@example.com"))
 
 
 def _rows(engine: Engine) -> list[Any]:

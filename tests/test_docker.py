@@ -55,6 +55,7 @@ def test_commands_are_real_cli_entry_points(compose: dict[str, Any]) -> None:
 def test_no_default_secret_and_production_urls(compose: dict[str, Any]) -> None:
     env = compose["services"]["backend"]["environment"]
     assert env["SECRET_KEY"].startswith("${SECRET_KEY:?")
+    assert env["CONFIGSYNC_MASTER_KEYS"].startswith("${CONFIGSYNC_MASTER_KEYS:?")
     assert env["DATABASE_URL"].startswith("postgresql://") and "@db:5432/" in env["DATABASE_URL"]
     assert env["REDIS_URL"] == "redis://redis:6379/0"
     for name in ("migrate", "celery"):

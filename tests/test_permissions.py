@@ -11,6 +11,9 @@ from configsync.configs import commands, queries
 from configsync.configs.commands import WriteContext
 from configsync.db import unit_of_work
 from configsync.domain.actor import Actor
+from configsync.secrets.vault import Vault
+
+VAULT = Vault.ephemeral()
 
 CONFIGS = [("pay", "prod"), ("pay", "staging"), ("web", "prod"), ("web", "staging")]
 OWNERS = {"pay": "u1", "web": "u2"}
@@ -46,7 +49,9 @@ def configs(sessions: sessionmaker[Session]) -> sessionmaker[Session]:
             )
     for service, environment in CONFIGS:
         owner = OWNERS[service]
-        ctx = WriteContext(actor=Actor(kind="user", id=owner, name=f"{owner}@example.com"))
+        ctx = WriteContext(
+            vault=VAULT, actor=Actor(kind="user", id=owner, name=f"{owner}@example.com")
+        )
         with unit_of_work(sessions) as s:
             commands.replace(s, service, environment, {"A": 1}, ctx)
     with unit_of_work(sessions) as s:  # a deleted config is listed for nobody
@@ -57,7 +62,7 @@ def configs(sessions: sessionmaker[Session]) -> sessionmaker[Session]:
 
 
 def ctx_of(user: str) -> WriteContext:
-    return WriteContext(actor=Actor(kind="user", id=user, name=f"{user}@example.com"))
+    return WriteContext(vault=VAULT, actor=Actor(kind="user", id=user, name=f"{user}@example.com"))
 
 
 @pytest.mark.parametrize("caller", CALLERS, ids=lambda c: f"{c.kind}-{c.role or c.service}")

@@ -241,3 +241,50 @@ def test_a_running_worker_catches_up_events_whose_task_was_lost(
     assert eventually(lambda: exactly_once(pg, audit_file, 4), seconds=15)
     with pytest.raises(StopIteration):
         next(lost)
+
+
+def test_no_secret_value_reaches_the_broker_the_worker_or_the_audit_file(
+    api: Api, worker: Worker, audit_file: Path, redis_url: str
+) -> None:
+    """Every command Redis executes while secrets are written (task messages included) is
+    watched: none carries a secret value, and the worker audits the writes from ciphertext."""
+    import threading
+
+    import redis
+
+    seen: list[str] = []
+    ready = threading.Event()
+    stop = threading.Event()
+
+    def watch() -> None:
+        client = redis.Redis.from_url(redis_url)
+        with client.monitor() as monitor:
+            ready.set()
+            for command in monitor.listen():
+                seen.append(str(command.get("command", "")))
+                if stop.is_set():
+                    return
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    worker.start()
+    owner = api.person("owner@example.com")
+    secrets = [f"s3cret-{i}-{os.getpid()}" for i in range(3)]
+    for i, value in enumerate(secrets):
+        response = api.put(
+            "/v1/configs/pay/prod",
+            headers=owner,
+            json={"data": {"DB_PASSWORD": value, "N": i}, "reason": f"write {i}"},
+        )
+        assert response.status_code in (200, 201), response.text
+    assert eventually(lambda: exactly_once(api.engine, audit_file, 3))
+    stop.set()
+    redis.Redis.from_url(redis_url).ping()  # one more command: the monitor sees it and stops
+    thread.join(10)
+    messages = "\n".join(seen)
+    assert "catch_up" in messages  # the task messages went through Redis, and were watched
+    text_of_file = audit_file.read_text()
+    assert '"masked":true' in text_of_file
+    for value in secrets:
+        assert value not in messages and value not in text_of_file

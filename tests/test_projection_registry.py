@@ -21,8 +21,10 @@ def _table(engine: Engine, sql: str) -> list[Any]:
 
 def test_every_projection_is_listed_once_and_says_what_it_handles() -> None:
     assert NAMES == ("current", "snapshots", "audit", "merkle")
-    config_only = [p for p in (*INLINE, *ASYNCHRONOUS) if p.name != "merkle"]
+    config_only = [p for p in (*INLINE, *ASYNCHRONOUS) if p.name not in ("merkle", "audit")]
     assert all(p.handles == frozenset({"ConfigChanged"}) for p in config_only)
+    audit = next(p for p in ASYNCHRONOUS if p.name == "audit")
+    assert audit.handles == frozenset({"ConfigChanged", "SecretsRevealed"})  # reveals are audited
     assert next(p for p in ASYNCHRONOUS if p.name == "merkle").handles is None  # every type
 
 

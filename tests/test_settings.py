@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import stat
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 from configsync.errors import ConfigurationError
 from configsync.settings import Settings
 from tests.conftest import clean_env, cli
+
+MASTER = "H4ZzKKTS0q4S6fl+D5G5Ww3Y3d0b9xUXgD1yYfp3nV0="
 
 
 def test_defaults_are_the_embedded_mode(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,8 +41,26 @@ def test_bare_and_prefixed_names_are_both_read(monkeypatch: pytest.MonkeyPatch) 
 @pytest.mark.parametrize("secret", [None, "supersecretkey", "short"])
 def test_production_refuses_to_start_without_a_real_secret(secret: str | None) -> None:
     with pytest.raises(ConfigurationError, match="needs a real SECRET_KEY"):
-        Settings(env="production", secret_key=secret)
-    assert Settings(env="production", secret_key="k" * 40).signing_key() == "k" * 40
+        Settings(env="production", secret_key=secret, master_keys=MASTER)
+    assert Settings(env="production", secret_key="k" * 40, master_keys=MASTER).signing_key() == (
+        "k" * 40
+    )
+
+
+@pytest.mark.parametrize("keys", [None, "", "  "])
+def test_production_refuses_to_start_without_a_master_key(keys: str | None) -> None:
+    with pytest.raises(ConfigurationError, match="needs CONFIGSYNC_MASTER_KEYS"):
+        Settings(env="production", secret_key="k" * 40, master_keys=keys)
+
+
+def test_development_master_key_is_generated_once_0600_beside_the_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/data/configsync.db"
+    first = Settings(database_url=url).master_key_text()
+    assert Settings(database_url=url).master_key_text() == first
+    key_file = tmp_path / "data" / ".configsync-master-key"
+    assert key_file.read_text().strip() == first
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert len(base64.b64decode(first)) == 32
 
 
 def test_development_secret_is_generated_once_and_kept_beside_the_database(tmp_path: Path) -> None:

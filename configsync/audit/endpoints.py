@@ -19,6 +19,8 @@ from configsync.auth.deps import AdminDep, AuditorOrAdminDep
 from configsync.db import read_only
 from configsync.deps import SessionDep, session_factory
 from configsync.domain.documents import parse_key
+from configsync.domain.events import ACTIONS
+from configsync.domain.secrets import mask
 from configsync.events import StoredEvent, format_instant, last_position, read_after, verify_chain
 from configsync.http import alternatives, dumps, errors, json_response
 from configsync.hygiene import Instant
@@ -72,9 +74,7 @@ def audit_log(
     service: str | None = None,
     environment: str | None = None,
     actor: Annotated[str | None, Query(description="email or id")] = None,
-    action: Annotated[
-        str | None, Query(pattern="^(created|updated|deleted|rolled_back|promoted)$")
-    ] = None,
+    action: Annotated[str | None, Query(pattern=f"^({'|'.join(ACTIONS)})$")] = None,
     since: Instant | None = None,
     until: Instant | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
@@ -191,17 +191,20 @@ def events_feed(
         return _export_events(request, session, after)
     events = read_after(session, after, limit)
     next_after = events[-1].position if events else after
-    return json_response({"items": [_event(e) for e in events], "next_after": next_after})
+    items = [_event(e, data=mask(e.data)) for e in events]
+    return json_response({"items": items, "next_after": next_after})
 
 
-def _event(e: StoredEvent) -> dict[str, Any]:
+def _event(e: StoredEvent, *, data: Any = None) -> dict[str, Any]:
+    """An event as the feed shows it. The page masks secret values; the JSON-lines export keeps
+    them sealed (ciphertext: no plaintext ever), so that every hash can be checked from it."""
     return {
         "position": e.position,
         "event_id": e.event_id,
         "stream": e.stream,
         "version": e.version,
         "type": e.type,
-        "data": e.data,
+        "data": e.data if data is None else data,
         "metadata": e.metadata,
         "recorded_at": format_instant(e.recorded_at),
         "prev_hash": e.prev_hash,

@@ -74,6 +74,13 @@ def readable(caller: Caller, service: Any, environment: Any, owner_id: Any) -> C
     return and_(service == caller.service, environment == caller.environment)
 
 
+def sees_secrets(caller: Caller) -> bool:
+    """Whether a reader of a config gets its secret values in plain text from GET: its owner,
+    admins and API keys do (services need the values to run); auditors never do. (Who may read
+    the config at all is `can_read`'s; every other answer masks secrets for everyone.)"""
+    return not (caller.is_person and caller.role == AUDITOR)
+
+
 def can_read_history(caller: Caller, owner_id: str | None) -> bool:
     """History, diffs and the audit trail are for people: owners, admins and auditors."""
     return caller.is_person and (

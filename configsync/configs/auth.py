@@ -148,6 +148,7 @@ def write_context(
         used = claim(session, key)
     return WriteContext(
         actor=caller.actor(),
+        vault=request.app.state.vault,
         request_id=request_id(request),
         client=client_name(request),
         limits=limits(settings),

@@ -9,8 +9,9 @@ WriteContext: passed in, never looked up.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from dataclasses import replace as evolve
 from datetime import datetime
 from typing import Any
 
@@ -29,25 +30,41 @@ from configsync.domain.documents import (
     copy_document,
     documents_equal,
     merge_patch,
+    parse_key,
     validate_document,
 )
 from configsync.domain.events import (
     CONFIG_CHANGED,
     CREATED,
     DELETED,
+    DESTROYED,
     PROMOTED,
     ROLLED_BACK,
+    SECRETS_REVEALED,
     UPDATED,
     ConfigChanged,
+    SecretsRevealed,
+    reveals_stream,
     split_stream,
     stream_name,
 )
 from configsync.domain.names import validate_name
-from configsync.errors import AlreadyExists, InvalidInput, VersionConflict
-from configsync.events import NewEvent, StoredEvent, append_batch, lock_stream, read_stream
-from configsync.events.canonical import canonical_json
+from configsync.domain.secrets import check_not_reserved, key_ids, mask
+from configsync.errors import AlreadyExists, InvalidInput, NotFound, VersionConflict
+from configsync.events import (
+    NewEvent,
+    StoredEvent,
+    append,
+    append_batch,
+    lock_stream,
+    read_stream,
+    stream_version,
+)
+from configsync.events.canonical import canonical_json, loads
 from configsync.events.group import GroupCommit
-from configsync.feed import ConfigMoved, notify
+from configsync.feed import ConfigMoved, KeysDestroyed, notify
+from configsync.secrets.models import SecretKeyRow
+from configsync.secrets.vault import Vault
 from projections import current
 from projections.registry import apply_inline
 
@@ -75,6 +92,7 @@ DIRECT = WritePath()
 @dataclass(frozen=True, slots=True)
 class WriteContext:
     actor: Actor
+    vault: Vault  # seals secret values before any event is built
     request_id: str | None = None
     client: str | None = None
     limits: Limits = field(default_factory=Limits)
@@ -93,13 +111,18 @@ class WriteResult:
     service: str
     environment: str
     version: int
-    document: Document
+    document: Document  # plaintext: for callers who may read the config
     changed: bool
     created: bool
     deleted: bool
     updated_at: datetime
     updated_by: dict[str, Any]
     event: StoredEvent | None
+    stored: Document | None = None  # as stored: secret values sealed
+
+    def masked(self) -> Document:
+        """The document with its secret values masked (for answers that are not reads)."""
+        return mask(self.stored if self.stored is not None else self.document)
 
 
 def replace(
@@ -114,6 +137,7 @@ def replace(
 ) -> WriteResult:
     """Replace the whole document."""
     validate_document(document, ctx.limits)
+    check_not_reserved(document)
     return _write(
         session, service, environment, ctx, lambda _old: document, reason, expected_version
     )
@@ -137,6 +161,7 @@ def patch(
         new = merge_patch(old, merge)
         assert isinstance(new, dict)
         validate_document(new, ctx.limits)
+        check_not_reserved(new)
         return new
 
     return _write(session, service, environment, ctx, patched, reason, expected_version)
@@ -173,7 +198,7 @@ def _write(
     validate_name("environment", environment)
     check_reason(reason, ctx.max_reason_length)
     if ctx.used is not None:
-        return _replay(session, ctx.used)
+        return _replay(session, ctx.used, ctx.vault)
     stream = stream_name(service, environment)
     # Held to the end of the transaction: the changes computed below are against the document
     # that is really current when the event is appended.
@@ -181,12 +206,15 @@ def _write(
     state = current.read(session, service, environment)
     version = state.version if state else 0
     exists = state is not None and not state.deleted
-    new_service = state is None and session.get(ServiceRow, service) is None
+    service_row = session.get(ServiceRow, service)
+    new_service = state is None and service_row is None
     if expected_version is not None and expected_version != version:
         raise VersionConflict(stream, expected_version, version)
     # current.read parsed the document just now: it is ours. The builders of the new document
     # (replace, merge patch, rollback, promote) never modify `old`, so neither needs a copy.
-    old: Document = state.document if exists and state else {}
+    # They work on plaintext; what is stored has every secret value sealed.
+    old_stored: Document = state.document if exists and state else {}
+    old: Document = ctx.vault.open(session, old_stored)
 
     if deleting:
         if not exists:
@@ -198,9 +226,12 @@ def _write(
         if exists and state and documents_equal(old, new):
             if ctx.idempotency is not None:
                 remember(session, [ctx.idempotency.row(stream, state.version, changed=False)])
-            return _unchanged(state)
+            return _unchanged(state, old)
 
-    changes = compute_changes(old, new)
+    sealer = ctx.vault.sealer(session, service, environment)
+    rule = ctx.vault.rule(declared_secrets(service_row))
+    stored = sealer.seal(rule, new, old, old_stored)
+    changes = compute_changes(old_stored, stored)
     if deleting:
         action = DELETED
     elif action is None:
@@ -216,22 +247,13 @@ def _write(
     ready = ReadyWrite(
         event=NewEvent(stream, version, payload.to_data(), ctx.metadata(), type=CONFIG_CHANGED),
         # Computed here, outside the append lock, and by the same code that rebuilds `current`.
-        document_json=canonical_json(current.next_document(old, changes)),
+        document_json=canonical_json(current.next_document(old_stored, changes)),
         creates_service=new_service,
         owner_id=ctx.actor.id if ctx.actor.kind == "user" else None,
         idempotency=ctx.idempotency,
+        keys=tuple(sealer.pending),
     )
-    if ctx.path.group is not None:
-        # Durable when this returns, in a transaction shared with other writers; this session
-        # still holds the stream lock, which its commit releases.
-        event = ctx.path.group.submit(ready)
-    else:
-        (outcome,) = record(session, [ready])
-        if isinstance(outcome, Exception):
-            raise outcome
-        event = outcome
-    for listener in ctx.path.listeners:
-        after_commit(session, _bind(listener, event))
+    event = _append(session, ctx, ready)
     return WriteResult(
         service=service,
         environment=environment,
@@ -243,7 +265,32 @@ def _write(
         updated_at=event.recorded_at,
         updated_by=ctx.actor.as_json(),
         event=event,
+        stored=stored,
     )
+
+
+def _append(session: Session, ctx: WriteContext, ready: ReadyWrite) -> StoredEvent:
+    """Append one ready write along the context's write path; listeners hear of it on commit."""
+    if ctx.path.group is not None:
+        # Durable when this returns, in a transaction shared with other writers; this session
+        # still holds the stream lock, which its commit releases.
+        event = ctx.path.group.submit(ready)
+    else:
+        (outcome,) = record(session, [ready])
+        if isinstance(outcome, Exception):
+            raise outcome
+        event = outcome
+    for listener in ctx.path.listeners:
+        after_commit(session, _bind(listener, event))
+    return event
+
+
+def declared_secrets(service: ServiceRow | None) -> list[list[str]]:
+    """The key paths a service's owner declared secret."""
+    if service is None or not service.secret_paths:
+        return []
+    paths: list[list[str]] = loads(service.secret_paths)
+    return paths
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +302,7 @@ class ReadyWrite:
     creates_service: bool  # the service had no row when the write was authorized
     owner_id: str | None  # the owner a service this write creates gets
     idempotency: IdempotencyKey | None = None  # recorded with the event, in its transaction
+    keys: tuple[dict[str, Any], ...] = ()  # data keys the write made: stored with its event
 
 
 def record(session: Session, writes: Sequence[ReadyWrite]) -> list[StoredEvent | Exception]:
@@ -267,6 +315,8 @@ def record(session: Session, writes: Sequence[ReadyWrite]) -> list[StoredEvent |
     outcomes: list[StoredEvent | Exception | None] = [None] * len(writes)
     for index, error in _create_services(session, writes).items():
         outcomes[index] = error
+    for index, error in _store_keys(session, writes).items():
+        outcomes[index] = outcomes[index] or error
     waiting = [index for index, outcome in enumerate(outcomes) if outcome is None]
     # From here to the commit the append lock is held: only the statements that need the
     # appended events' positions, and nothing that could have been computed before.
@@ -323,6 +373,28 @@ def _create_services(session: Session, writes: Sequence[ReadyWrite]) -> dict[int
     return refused
 
 
+def _store_keys(session: Session, writes: Sequence[ReadyWrite]) -> dict[int, Exception]:
+    """Store the data keys the writes made, before their events; refuse a write whose key lost
+    a race (only the installation's first fingerprint key can: data keys are made under their
+    stream's lock) - its values were sealed or fingerprinted under a key nobody kept."""
+    rows = {row["id"]: row for write in writes for row in write.keys}
+    if not rows:
+        return {}
+    insert_missing(session, SecretKeyRow, list(rows.values()), key=["id"])
+    kept = dict(
+        session.execute(
+            select(SecretKeyRow.id, SecretKeyRow.wrapped).where(SecretKeyRow.id.in_(list(rows)))
+        ).all()
+    )
+    refused: dict[int, Exception] = {}
+    for index, write in enumerate(writes):
+        if any(kept.get(row["id"]) != row["wrapped"] for row in write.keys):
+            refused[index] = AlreadyExists(
+                "another write made the same secret key at the same moment; send it again"
+            )
+    return refused
+
+
 def _moved(event: StoredEvent) -> ConfigMoved:
     service, environment = split_stream(event.stream)
     return ConfigMoved(service, environment, event.version)
@@ -332,7 +404,7 @@ def _bind(listener: EventListener, event: StoredEvent) -> Callable[[], None]:
     return lambda: listener(event)
 
 
-def _replay(session: Session, used: Used) -> WriteResult:
+def _replay(session: Session, used: Used, vault: Vault) -> WriteResult:
     """The outcome a retried request had the first time, rebuilt from the log."""
     service, environment = split_stream(used.stream)
     (event,) = read_stream(
@@ -344,28 +416,30 @@ def _replay(session: Session, used: Used) -> WriteResult:
         service=service,
         environment=environment,
         version=used.version,
-        document=past.document,
+        document=vault.open(session, past.document),
         changed=used.changed,
         created=used.changed and payload.action == CREATED,
         deleted=payload.deleted,
         updated_at=event.recorded_at,
         updated_by=event.metadata.get("actor") or {},
         event=event if used.changed else None,
+        stored=past.document,
     )
 
 
-def _unchanged(state: current.CurrentConfig) -> WriteResult:
+def _unchanged(state: current.CurrentConfig, plain: Document) -> WriteResult:
     return WriteResult(
         service=state.service,
         environment=state.environment,
         version=state.version,
-        document=state.document,
+        document=plain,
         changed=False,
         created=False,
         deleted=False,
         updated_at=state.updated_at,
         updated_by=state.updated_by,
         event=None,
+        stored=state.document,
     )
 
 
@@ -395,12 +469,20 @@ def rollback(
             f"version {to_version} of {service}/{environment} is a deletion; "
             "roll back to a version that has a document, or DELETE the config"
         )
+    lost = ctx.vault.destroyed_paths(session, target.document)
+    if lost:
+        raise InvalidInput(
+            f"version {to_version} of {service}/{environment} holds secret values that were "
+            f"destroyed ({', '.join('.'.join(map(str, p)) for p in lost[:5])}); "
+            "roll back to a later version"
+        )
+    document = ctx.vault.open(session, target.document)
     return _write(
         session,
         service,
         environment,
         ctx,
-        lambda _old: target.document,
+        lambda _old: document,
         reason,
         expected_version,
         action=ROLLED_BACK,
@@ -424,8 +506,10 @@ def promote(
     if from_environment == to_environment:
         raise InvalidInput("promote needs a different target environment")
     source = get(session, service, from_environment)
+    # Opened here and sealed again under the target environment's data key by _write.
+    document = ctx.vault.open(session, source.document)
     if keys is not None:
-        missing = [k for k in keys if k not in source.document]
+        missing = [k for k in keys if k not in document]
         if missing:
             raise InvalidInput(
                 f"{service}/{from_environment} has no key {', '.join(map(repr, missing[:10]))}"
@@ -433,9 +517,9 @@ def promote(
 
     def promoted(old: Document) -> Document:
         if keys is None:
-            return copy_document(source.document)
+            return copy_document(document)
         new = dict(old)
-        new.update({k: source.document[k] for k in keys})
+        new.update({k: document[k] for k in keys})
         validate_document(new, ctx.limits)
         return new
 
@@ -450,3 +534,151 @@ def promote(
         action=PROMOTED,
         promoted_from={"environment": from_environment, "version": source.version},
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Destruction:
+    result: WriteResult
+    destroyed_keys: list[str]
+    # The last version whose secret values can no longer be read: `up_to_version`, or later
+    # when versions after it were sealed under a generation that had to go with it.
+    through_version: int
+
+
+def destroy_secrets(
+    session: Session,
+    service: str,
+    environment: str,
+    up_to_version: int,
+    ctx: WriteContext,
+    *,
+    reason: str | None = None,
+) -> Destruction:
+    """Crypto-shred the secret values of versions up to `up_to_version`.
+
+    In one transaction: the current secret values are sealed afresh under a new data key
+    generation, in a new event that records the destruction; then every data key that sealed a
+    value of those versions is destroyed. The chain still verifies (it covers ciphertext); the
+    history still shows that the values existed and changed; old versions read as destroyed.
+    Nothing sealed there to destroy: nothing is appended.
+    """
+    validate_name("service", service)
+    validate_name("environment", environment)
+    check_reason(reason, ctx.max_reason_length)
+    if ctx.used is not None:
+        replayed = _replay(session, ctx.used, ctx.vault)
+        done = (replayed.event.data.get("secrets_destroyed") if replayed.event else None) or {}
+        return Destruction(replayed, done.get("keys", []), done.get("through_version", 0))
+    stream = stream_name(service, environment)
+    lock_stream(session, stream)
+    state = current.read(session, service, environment)
+    if state is None:
+        raise NotFound(f"config {service}/{environment} not found")
+    if not 1 <= up_to_version <= state.version:
+        raise InvalidInput(
+            f"up_to_version must be between 1 and the current version, {state.version}"
+        )
+    events = read_stream(session, stream)
+    doomed = _keys_of(e for e in events if e.version <= up_to_version)
+    if doomed:
+        doomed &= set(
+            session.scalars(
+                select(SecretKeyRow.id).where(
+                    SecretKeyRow.id.in_(doomed), SecretKeyRow.wrapped.is_not(None)
+                )
+            )
+        )
+    plain = ctx.vault.open(session, state.document)
+    if not doomed:
+        return Destruction(_unchanged(state, plain), [], up_to_version)
+    through = max([up_to_version, *(e.version for e in events if _keys_of([e]) & doomed)])
+    sealer = ctx.vault.sealer(session, service, environment)
+    rule = ctx.vault.rule(declared_secrets(session.get(ServiceRow, service)))
+    stored = sealer.reseal(rule, plain)
+    changes = compute_changes(state.document, stored)
+    payload = ConfigChanged(
+        action=DESTROYED,
+        changes=changes,
+        reason=reason,
+        deleted=state.deleted,
+        secrets_destroyed={
+            "up_to_version": up_to_version,
+            "through_version": through,
+            "keys": sorted(doomed),
+        },
+    )
+    ready = ReadyWrite(
+        event=NewEvent(
+            stream, state.version, payload.to_data(), ctx.metadata(), type=CONFIG_CHANGED
+        ),
+        document_json=canonical_json(current.next_document(state.document, changes)),
+        creates_service=False,
+        owner_id=None,
+        idempotency=ctx.idempotency,
+        keys=tuple(sealer.pending),
+    )
+    # The direct path, not the group: the event and the keys' destruction commit together.
+    event = _append(session, evolve(ctx, path=WritePath(None, ctx.path.listeners)), ready)
+    destroyed = ctx.vault.destroy(session, doomed)
+    notify(session, [KeysDestroyed(tuple(destroyed))])
+    result = WriteResult(
+        service=service,
+        environment=environment,
+        version=event.version,
+        document=plain,
+        changed=True,
+        created=False,
+        deleted=state.deleted,
+        updated_at=event.recorded_at,
+        updated_by=ctx.actor.as_json(),
+        event=event,
+        stored=stored,
+    )
+    return Destruction(result, destroyed, through)
+
+
+def _keys_of(events: Iterable[StoredEvent]) -> set[str]:
+    """The data keys that sealed any value the events' changes hold (new or old)."""
+    return key_ids(
+        change.get(side)
+        for event in events
+        if event.type == CONFIG_CHANGED
+        for change in event.data["changes"]
+        for side in ("value", "old")
+    )
+
+
+def record_reveal(
+    session: Session,
+    service: str,
+    environment: str,
+    from_version: int,
+    to_version: int,
+    paths: list[list[str | int]],
+    ctx: WriteContext,
+) -> StoredEvent:
+    """Append to the log that the actor was shown these secret values in plain text."""
+    stream = reveals_stream(service, environment)
+    lock_stream(session, stream)
+    payload = SecretsRevealed(service, environment, from_version, to_version, paths)
+    event = append(
+        session,
+        stream,
+        stream_version(session, stream),
+        payload.to_data(),
+        ctx.metadata(),
+        type=SECRETS_REVEALED,
+    )
+    for listener in ctx.path.listeners:
+        after_commit(session, _bind(listener, event))
+    return event
+
+
+def declare_secrets(session: Session, service: str, paths: list[str]) -> None:
+    """Set the key paths `service`'s owner declares secret (dotted; the whole list)."""
+    parsed = sorted({tuple(parse_key(path)) for path in paths})
+    row = session.get(ServiceRow, service)
+    if row is None:
+        raise NotFound(f"service {service!r} not found")
+    row.secret_paths = canonical_json([list(path) for path in parsed])
+    session.flush()

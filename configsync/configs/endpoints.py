@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from configsync.auth.deps import BriefCallerDep, CallerDep
+from configsync.auth.permissions import Caller, authorize_owner_or_admin, sees_secrets
 from configsync.configs import commands, queries
 from configsync.configs.auth import (
     ConfigAccess,
@@ -58,6 +59,7 @@ from configsync.configs.schemas import ConfigWrite as ConfigWriteBody
 from configsync.deps import SessionDep, SettingsDep
 from configsync.domain.documents import parse_key
 from configsync.domain.names import DEFAULT_ENVIRONMENT, validate_name
+from configsync.domain.secrets import mask
 from configsync.errors import InvalidInput
 from configsync.events import format_instant
 from configsync.http import alternatives, errors, json_response
@@ -192,18 +194,24 @@ def _read_past(
         else:
             assert as_of is not None
             past = queries.get_as_of(session, service, environment, as_of)
+        document = _shown(session, reader, caller, past.document)
     headers = {"ETag": f'"{past.version}"'}
     if fmt != "json":
-        return Response(render(past.document, fmt), media_type=MEDIA_TYPES[fmt], headers=headers)
+        return Response(render(document, fmt), media_type=MEDIA_TYPES[fmt], headers=headers)
     body = {
         "service": service,
         "environment": environment,
         "version": past.version,
-        "data": past.document,
+        "data": document,
         "updated_at": format_instant(past.recorded_at),
         "updated_by": past.actor,
     }
     return json_response(body, headers=headers)
+
+
+def _shown(session: Session, reader: ConfigReader, caller: Caller, stored: Any) -> Any:
+    """A stored document as a reader of the config gets it: secrets opened or masked."""
+    return reader.vault.open(session, stored) if sees_secrets(caller) else mask(stored)
 
 
 @router.get("/v1/configs", response_model=ConfigList)
@@ -394,14 +402,42 @@ def _difference(difference: Difference) -> dict[str, Any]:
 def config_diff(
     session: SessionDep,
     access: HistoryRead,
+    ctx: WriteContextDep,
     from_version: Annotated[int, Query(alias="from", ge=1)],
     to_version: Annotated[int | None, Query(alias="to", ge=1)] = None,
+    reveal: Annotated[
+        bool,
+        Query(description="secret values in plain text (owner, admin); recorded in the log"),
+    ] = False,
 ) -> Response:
-    """What changed between two versions (`to` defaults to the current one)."""
-    found = queries.diff(session, access.service, access.environment, from_version, to_version)
-    return json_response(
-        {"from": found.from_version, "to": found.to_version, **_difference(found.difference)}
+    """What changed between two versions (`to` defaults to the current one); secret values
+    masked, or shown with `reveal=true` to the owner or an admin, which the log records."""
+    if reveal:
+        authorize_owner_or_admin(
+            access.caller, access.service, access.owner_id, access.exists, "reveal secrets"
+        )
+    found = queries.diff(
+        session,
+        access.service,
+        access.environment,
+        from_version,
+        to_version,
+        reveal=ctx.vault if reveal else None,
     )
+    body: dict[str, Any] = {"from": found.from_version, "to": found.to_version}
+    if reveal:
+        body["revealed"] = [list(path) for path in found.revealed]
+        if found.revealed:
+            commands.record_reveal(
+                session,
+                access.service,
+                access.environment,
+                found.from_version,
+                found.to_version,
+                [list(path) for path in found.revealed],
+                ctx,
+            )
+    return json_response({**body, **_difference(found.difference)})
 
 
 @router.get("/v1/services/{service}/compare", response_model=CompareOut)
@@ -445,6 +481,7 @@ def rollback_config(
     extra: dict[str, Any] = {"changed": result.changed, "rollback_of": body.to_version}
     if not result.changed:
         extra["message"] = f"already at the document of version {body.to_version}: nothing appended"
+    extra["data"] = result.masked()  # not a read: secret values masked
     return json_response(response_body(result, extra), headers={"ETag": f'"{result.version}"'})
 
 
@@ -467,7 +504,7 @@ def promote_config(
         reason=body.reason,
         expected_version=body.expected_version,
     )
-    return _written(result)
+    return _written(result, {"data": result.masked()})  # not a read: secret values masked
 
 
 # --- the original ConfigSync -----------------------------------------------------------------
@@ -477,6 +514,7 @@ def promote_config(
 def legacy_get(
     session: SessionDep,
     caller: CallerDep,
+    reader: ReaderDep,
     service: Annotated[str, Query(description="the service name")],
     environment: str = DEFAULT_ENVIRONMENT,
 ) -> Response:
@@ -488,7 +526,7 @@ def legacy_get(
             "service": service,
             "environment": environment,
             "version": state.version,
-            "config": state.document,
+            "config": _shown(session, reader, caller, state.document),
         }
     )
 

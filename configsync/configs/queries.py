@@ -24,8 +24,11 @@ from configsync.domain.documents import (
 )
 from configsync.domain.events import CONFIG_CHANGED, ConfigChanged, stream_name, summarize
 from configsync.domain.names import DEFAULT_ENVIRONMENT, validate_name
+from configsync.domain.secrets import Path, envelopes, is_envelope, lookup, mask
 from configsync.errors import Deleted, InvalidInput, NotFound
 from configsync.events import StoredEvent, read_stream, stream_version, version_at
+from configsync.events.canonical import loads
+from configsync.secrets.vault import Vault
 from projections import current, snapshots
 from projections.current import ConfigCurrentRow
 
@@ -250,21 +253,35 @@ class VersionDiff:
     from_version: int
     to_version: int
     difference: Difference
+    revealed: list[Path]  # the secret values shown in plain text (with `reveal` only)
 
 
 def diff(
-    session: Session, service: str, environment: str, from_version: int, to_version: int | None
+    session: Session,
+    service: str,
+    environment: str,
+    from_version: int,
+    to_version: int | None,
+    *,
+    reveal: Vault | None = None,
 ) -> VersionDiff:
-    """What changed between two versions (`to_version` defaults to the current one)."""
+    """What changed between two versions (`to_version` defaults to the current one).
+
+    Secret values are masked (equal fingerprints: no change), unless `reveal` opens them.
+    """
     if to_version is None:
         to_version = stream_version(session, stream_name(service, environment))
         if to_version == 0:
             raise NotFound(f"config {service}/{environment} not found")
     a = state_at(session, service, environment, from_version)
     b = state_at(session, service, environment, to_version)
-    return VersionDiff(
-        from_version, to_version, Difference.of(compute_changes(a.document, b.document))
-    )
+    if reveal is None:
+        changes = compute_changes(mask(a.document), mask(b.document))
+        return VersionDiff(from_version, to_version, Difference.of(changes), [])
+    changes = compute_changes(reveal.open(session, a.document), reveal.open(session, b.document))
+    sealed = {path for doc in (a.document, b.document) for path, _ in envelopes(doc)}
+    shown = sorted((p for p in sealed if touches(changes, list(p))), key=str)  # type: ignore[arg-type]
+    return VersionDiff(from_version, to_version, Difference.of(changes), shown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +306,7 @@ def compare(
         to_environment=to_environment,
         from_version=a.version,
         to_version=b.version,
-        difference=Difference.of(compute_changes(a.document, b.document)),
+        difference=Difference.of(compute_changes(mask(a.document), mask(b.document))),
     )
 
 
@@ -338,3 +355,46 @@ def _leaf_paths(document: Document) -> list[list[str]]:
         else:
             paths.append(path)
     return paths
+
+
+@dataclass(frozen=True, slots=True)
+class DeclaredSecrets:
+    service: str
+    paths: list[str]  # dotted, as declared
+    patterns: tuple[str, ...]
+    plaintext_versions: dict[str, int]
+
+
+def declared_secrets(session: Session, service: str, patterns: tuple[str, ...]) -> DeclaredSecrets:
+    """The key paths declared secret for `service`, and per path how many versions (of every
+    environment) hold a value of it in plain text: written before it was declared."""
+    row = session.get(ServiceRow, service)
+    declared: list[list[str]] = loads(row.secret_paths) if row and row.secret_paths else []
+    counts = {dotted(path): 0 for path in declared}
+    environments = session.scalars(
+        select(ConfigCurrentRow.environment).where(ConfigCurrentRow.service == service)
+    ).all()
+    for environment in environments:
+        for event in read_stream(session, stream_name(service, environment)):
+            if event.type != CONFIG_CHANGED:
+                continue
+            for path in declared:
+                if any(_sets_plaintext(change, path) for change in event.data["changes"]):
+                    counts[dotted(path)] += 1
+    return DeclaredSecrets(service, [dotted(p) for p in declared], patterns, counts)
+
+
+def _sets_plaintext(change: Change, path: list[str]) -> bool:
+    if change["op"] == "remove":
+        return False
+    where = change["path"]
+    if where[: len(path)] == path:  # at the path or inside it: a plain value there
+        return not is_envelope(change["value"])
+    if path[: len(where)] == where:  # a parent replaced whole: look inside its value
+        found, value = lookup(change["value"], tuple(path[len(where) :]))
+        return found and not is_envelope(value)
+    return False
+
+
+def dotted(path: list[str]) -> str:
+    return ".".join(part.replace("\\", "\\\\").replace(".", "\\.") for part in path)

@@ -17,9 +17,11 @@ from configsync.cache import InvalidatingCache
 from configsync.configs.rendering import render
 from configsync.configs.waiters import Waiters
 from configsync.domain.documents import Document
+from configsync.domain.secrets import mask
 from configsync.events import format_instant
 from configsync.feed import ConfigMoved
 from configsync.http import dumps
+from configsync.secrets.vault import Vault
 from projections import current
 
 Key = tuple[str, str]
@@ -32,20 +34,47 @@ class ConfigEntry:
     version: int
     deleted: bool
     owner_id: str | None
-    document: Document
+    document: Document  # plaintext: secret values opened
     body: bytes  # the JSON answer to GET, ready to send
+    stored: Document = field(default_factory=dict)  # secret values sealed
+    updated_at: str = ""
+    updated_by: dict[str, Any] = field(default_factory=dict)
     renders: dict[str, bytes] = field(default_factory=dict, compare=False)
+    masked_renders: dict[str, bytes] = field(default_factory=dict, compare=False)
 
     @property
     def etag(self) -> str:
         return f'"{self.version}"'
 
-    def rendered(self, fmt: str) -> bytes:
+    def rendered(self, fmt: str, *, masked: bool = False) -> bytes:
+        if masked:
+            return self._masked(fmt)
         if fmt == "json":
             return self.body
         out = self.renders.get(fmt)
         if out is None:
             out = self.renders[fmt] = render(self.document, fmt)
+        return out
+
+    def _masked(self, fmt: str) -> bytes:
+        """The answer for a reader who may not see secrets (an auditor): made on first use."""
+        out = self.masked_renders.get(fmt)
+        if out is None:
+            document = mask(self.stored)
+            if fmt == "json":
+                out = dumps(
+                    {
+                        "service": self.service,
+                        "environment": self.environment,
+                        "version": self.version,
+                        "data": document,
+                        "updated_at": self.updated_at,
+                        "updated_by": self.updated_by,
+                    }
+                )
+            else:
+                out = render(document, fmt)
+            self.masked_renders[fmt] = out
         return out
 
 
@@ -78,8 +107,9 @@ def response_body(
 
 
 class ConfigReader:
-    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+    def __init__(self, session_factory: sessionmaker[Session], vault: Vault) -> None:
         self._sessions = session_factory
+        self.vault = vault
         self.cache: InvalidatingCache[Key, ConfigEntry] = InvalidatingCache()
         self.waiters = Waiters()
 
@@ -96,18 +126,24 @@ class ConfigReader:
         with self._sessions() as session:
             owner = session.get(ServiceRow, service)
             state = current.read(session, service, environment) if owner is not None else None
-        if owner is None:
-            return Lookup(False, None, None)
-        if state is None:
-            return Lookup(True, owner.owner_id, None)
+            if owner is None:
+                return Lookup(False, None, None)
+            if state is None:
+                return Lookup(True, owner.owner_id, None)
+            document = self.vault.open(session, state.document)
+        body = response_body(state)
+        body["data"] = document
         entry = ConfigEntry(
             service=service,
             environment=environment,
             version=state.version,
             deleted=state.deleted,
             owner_id=owner.owner_id,
-            document=state.document,
-            body=dumps(response_body(state)),
+            document=document,
+            body=dumps(body),
+            stored=state.document,
+            updated_at=body["updated_at"],
+            updated_by=state.updated_by,
         )
         self.cache.fill((service, environment), entry, generation)
         return Lookup(True, owner.owner_id, entry)

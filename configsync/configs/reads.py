@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from configsync.auth.permissions import Caller, authorize_read
+from configsync.auth.permissions import Caller, authorize_read, sees_secrets
 from configsync.configs.reader import Lookup
 from configsync.configs.rendering import MEDIA_TYPES
 from configsync.errors import Deleted, InvalidInput, NotFound
@@ -72,4 +72,5 @@ def decide(caller: Caller, found: Lookup, read: ReadRequest) -> Answer | Wait:
         return WAIT
     if read.seen == entry.version:
         return Answer(304, b"", None, entry.etag)
-    return Answer(200, entry.rendered(read.fmt), MEDIA_TYPES[read.fmt], entry.etag)
+    body = entry.rendered(read.fmt, masked=not sees_secrets(caller))
+    return Answer(200, body, MEDIA_TYPES[read.fmt], entry.etag)

@@ -134,6 +134,9 @@ class Differences(Out):
 class DiffOut(Differences):
     from_: int = Field(alias="from")
     to: int
+    revealed: list[list[str | int]] | None = Field(
+        None, description="with reveal=true: the secret values shown in plain text"
+    )
 
 
 class CompareOut(Differences):
@@ -162,3 +165,35 @@ class BlameOut(Out):
     service: str
     environment: str
     keys: list[BlameItem]
+
+
+class SecretsDeclare(Body):
+    paths: list[str] = Field(
+        max_length=500,
+        description="key paths whose values are secret (a.b.c; a dot inside a key as \\.)",
+    )
+
+
+class SecretsOut(Out):
+    service: str
+    paths: list[str] = Field(description="the key paths the owner declared secret")
+    patterns: list[str] = Field(description="key-name patterns secret everywhere (a setting)")
+    plaintext_versions: dict[str, int] = Field(
+        description="per declared path: how many earlier versions hold it in plain text"
+    )
+
+
+class SecretsDestroy(Body):
+    up_to_version: int = Field(ge=1, description="destroy the secret values of versions 1..N")
+    reason: str | None = REASON
+
+
+class SecretsDestroyed(Out):
+    service: str
+    environment: str
+    version: int = Field(description="the version that records the destruction")
+    changed: bool = Field(description="false when there was nothing sealed to destroy")
+    destroyed_keys: list[str]
+    unreadable_through_version: int = Field(
+        description="secret values of versions up to this one can no longer be read"
+    )

@@ -22,6 +22,7 @@ from typing import Any
 
 from deepdiff import DeepDiff
 
+from configsync.domain.secrets import is_envelope, is_masked
 from configsync.errors import DocumentTooLarge, InvalidDocument
 from configsync.events.canonical import JSONValue, canonical_json, check_json, loads
 
@@ -145,8 +146,8 @@ def _record(
     old: Document,
     new: Document,
 ) -> None:
-    cut = next((i for i, part in enumerate(path) if isinstance(part, int)), None)
-    if cut is not None:  # inside an array: the whole array is the value that changed
+    cut = _whole_value_at(path, old, new)
+    if cut is not None:  # inside an array or a secret: the whole of it is what changed
         key = tuple(path[:cut])
         report_type = "values_changed"
     else:
@@ -166,6 +167,32 @@ def _record(
         }
     for other in [p for p in by_path if len(p) > len(key) and p[: len(key)] == key]:
         del by_path[other]
+
+
+def _whole_value_at(path: list[Any], old: Document, new: Document) -> int | None:
+    """Where a change deep inside a value must stop: at an array (arrays are values), or at a
+    sealed or masked secret (one value: its parts mean nothing apart)."""
+    for i, part in enumerate(path):
+        if isinstance(part, int):
+            return i
+        if i + 1 < len(path) and (
+            _is_atom(_find(old, path[: i + 1])) or _is_atom(_find(new, path[: i + 1]))
+        ):
+            return i + 1
+    return None
+
+
+def _is_atom(value: Any) -> bool:
+    return is_envelope(value) or is_masked(value)
+
+
+def _find(document: Any, path: list[Any]) -> Any:
+    node = document
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def _get(document: JSONValue, path: Iterable[str]) -> JSONValue:

@@ -13,10 +13,13 @@ from typing import Any
 from configsync.domain.documents import Change
 
 CONFIG_CHANGED = "ConfigChanged"
+SECRETS_REVEALED = "SecretsRevealed"
 
 CREATED, UPDATED, DELETED = "created", "updated", "deleted"
 ROLLED_BACK, PROMOTED = "rolled_back", "promoted"
-ACTIONS = (CREATED, UPDATED, DELETED, ROLLED_BACK, PROMOTED)
+# Secrets: the current values sealed afresh and older data keys destroyed; a plaintext reveal.
+DESTROYED, REVEALED = "destroyed", "revealed"
+ACTIONS = (CREATED, UPDATED, DELETED, ROLLED_BACK, PROMOTED, DESTROYED, REVEALED)
 
 
 def stream_name(service: str, environment: str) -> str:
@@ -41,6 +44,8 @@ class ConfigChanged:
     rollback_of: int | None = None
     deleted: bool = False
     promoted_from: dict[str, Any] | None = None
+    # A destroy: `{"up_to_version": N, "keys": [data key ids destroyed]}`.
+    secrets_destroyed: dict[str, Any] | None = None
 
     def to_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -52,6 +57,8 @@ class ConfigChanged:
         }
         if self.promoted_from is not None:
             data["promoted_from"] = self.promoted_from
+        if self.secrets_destroyed is not None:
+            data["secrets_destroyed"] = self.secrets_destroyed
         return data
 
     @classmethod
@@ -63,6 +70,54 @@ class ConfigChanged:
             rollback_of=data.get("rollback_of"),
             deleted=bool(data.get("deleted")),
             promoted_from=data.get("promoted_from"),
+            secrets_destroyed=data.get("secrets_destroyed"),
+        )
+
+
+def reveals_stream(service: str, environment: str) -> str:
+    """Where the reveals of a config's secrets are recorded: beside its stream, not in it (its
+    versions count the config's changes only)."""
+    return f"{stream_name(service, environment)}/reveals"
+
+
+@dataclass(frozen=True, slots=True)
+class SecretsRevealed:
+    """Somebody was shown secret values in plain text: who is the event's actor."""
+
+    service: str
+    environment: str
+    from_version: int
+    to_version: int
+    paths: list[list[str | int]]
+    reason: str | None = None
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "environment": self.environment,
+            "from_version": self.from_version,
+            "to_version": self.to_version,
+            "paths": self.paths,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> SecretsRevealed:
+        return cls(
+            service=data["service"],
+            environment=data["environment"],
+            from_version=data["from_version"],
+            to_version=data["to_version"],
+            paths=list(data["paths"]),
+            reason=data.get("reason"),
+        )
+
+    def summary(self) -> str:
+        names = ", ".join(".".join(str(p) for p in path) for path in self.paths[:10])
+        more = len(self.paths) - 10
+        return (
+            f"revealed {len(self.paths)} secret value(s) of versions {self.from_version} and "
+            f"{self.to_version}: {names}" + (f" and {more} more" if more > 0 else "")
         )
 
 
