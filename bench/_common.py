@@ -63,3 +63,23 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[index]
+
+
+# The benchmarks' master key for secrets: the seeding process and the servers it starts share it.
+MASTER_KEY = "YmVuY2gtbWFzdGVyLWtleS0wMTIzNDU2Nzg5YWJjZGU="
+
+
+def document(*, secrets: bool = False) -> dict[str, object]:
+    """A ~4 KB config: the size of a typical service's settings. With `secrets`, about a fifth
+    of its keys are secret by name (`…_TOKEN`): 12 of 65, sealed when stored."""
+    doc: dict[str, object] = {
+        "API_URL": "https://api.example.com/v2",
+        "TIMEOUT": 30,
+        "RETRIES": 3,
+        "FEATURE_FLAGS": {f"flag_{i}": i % 2 == 0 for i in range(20)},
+        "DATABASE": {"host": "db.internal", "port": 5432, "pool": {"min": 2, "max": 20}},
+    }
+    for i in range(60):
+        name = f"SETTING_{i:02d}" + ("_TOKEN" if secrets and i % 5 == 0 else "")
+        doc[name] = f"value-{i}-" + "x" * 30
+    return doc

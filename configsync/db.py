@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, create_engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -207,12 +207,20 @@ def insert_missing(
     session: Session, table: Any, values: list[dict[str, Any]], *, key: list[str]
 ) -> None:
     """INSERT … ON CONFLICT (key) DO NOTHING: rows that already exist are left as they are."""
+    insert_missing_rows(session, table, values, key=key)
+
+
+def insert_missing_rows(
+    executor: Session | Connection, table: Any, values: list[dict[str, Any]], *, key: list[str]
+) -> None:
+    """`insert_missing` on a Session or a Connection."""
     if values:
-        session.execute(_insert(session, table).on_conflict_do_nothing(index_elements=key), values)
+        statement = _insert(executor, table).on_conflict_do_nothing(index_elements=key)
+        executor.execute(statement, values)
 
 
-def _insert(session: Session, table: Any) -> Any:
+def _insert(executor: Session | Connection, table: Any) -> Any:
     from sqlalchemy.dialects import postgresql, sqlite
 
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    bind = executor.get_bind() if isinstance(executor, Session) else executor
+    return (postgresql.insert if bind.dialect.name == "postgresql" else sqlite.insert)(table)

@@ -15,7 +15,7 @@ from dataclasses import replace as evolve
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from configsync.auth.models import ServiceRow
@@ -315,8 +315,7 @@ def record(session: Session, writes: Sequence[ReadyWrite]) -> list[StoredEvent |
     outcomes: list[StoredEvent | Exception | None] = [None] * len(writes)
     for index, error in _create_services(session, writes).items():
         outcomes[index] = error
-    for index, error in _store_keys(session, writes).items():
-        outcomes[index] = outcomes[index] or error
+    _store_keys(session, [w for i, w in enumerate(writes) if outcomes[i] is None])
     waiting = [index for index, outcome in enumerate(outcomes) if outcome is None]
     # From here to the commit the append lock is held: only the statements that need the
     # appended events' positions, and nothing that could have been computed before.
@@ -373,26 +372,15 @@ def _create_services(session: Session, writes: Sequence[ReadyWrite]) -> dict[int
     return refused
 
 
-def _store_keys(session: Session, writes: Sequence[ReadyWrite]) -> dict[int, Exception]:
-    """Store the data keys the writes made, before their events; refuse a write whose key lost
-    a race (only the installation's first fingerprint key can: data keys are made under their
-    stream's lock) - its values were sealed or fingerprinted under a key nobody kept."""
-    rows = {row["id"]: row for write in writes for row in write.keys}
-    if not rows:
-        return {}
-    insert_missing(session, SecretKeyRow, list(rows.values()), key=["id"])
-    kept = dict(
-        session.execute(
-            select(SecretKeyRow.id, SecretKeyRow.wrapped).where(SecretKeyRow.id.in_(list(rows)))
-        ).all()
-    )
-    refused: dict[int, Exception] = {}
-    for index, write in enumerate(writes):
-        if any(kept.get(row["id"]) != row["wrapped"] for row in write.keys):
-            refused[index] = AlreadyExists(
-                "another write made the same secret key at the same moment; send it again"
-            )
-    return refused
+def _store_keys(session: Session, writes: Sequence[ReadyWrite]) -> None:
+    """Store the data keys the writes made, in their events' transaction. A plain INSERT: a
+    data key is made under its stream's lock and the fingerprint key (on SQLite, the only
+    database where a write makes it) under the database's one write lock, so none can exist
+    already; if one ever did, the batch fails loudly instead of keeping a value sealed under a
+    key nobody has."""
+    rows = [row for write in writes for row in write.keys]
+    if rows:
+        session.execute(insert(SecretKeyRow), rows)
 
 
 def _moved(event: StoredEvent) -> ConfigMoved:
@@ -594,7 +582,7 @@ def destroy_secrets(
     through = max([up_to_version, *(e.version for e in events if _keys_of([e]) & doomed)])
     sealer = ctx.vault.sealer(session, service, environment)
     rule = ctx.vault.rule(declared_secrets(session.get(ServiceRow, service)))
-    stored = sealer.reseal(rule, plain)
+    stored = sealer.reseal(rule, plain, state.document)
     changes = compute_changes(state.document, stored)
     payload = ConfigChanged(
         action=DESTROYED,

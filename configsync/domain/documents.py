@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from deepdiff import DeepDiff
 
 from configsync.domain.secrets import is_envelope, is_masked
@@ -123,13 +124,17 @@ def compute_changes(old: Document, new: Document) -> list[Change]:
     """The operations that turn `old` into `new`, in a stable order; empty when they are equal."""
     if documents_equal(old, new):
         return []
-    tree = DeepDiff(old, new, view="tree", threshold_to_diff_deeper=0, verbose_level=2)
+    # Sealed and masked secrets are single values: DeepDiff sees each as one string, so it
+    # neither reports their parts nor spends time walking them.
+    atoms: dict[str, Any] = {}
+    flat_old, flat_new = _atomized(old, atoms), _atomized(new, atoms)
+    tree = DeepDiff(flat_old, flat_new, view="tree", threshold_to_diff_deeper=0, verbose_level=2)
     by_path: dict[tuple[str, ...], Change] = {}
     for report_type, levels in tree.items():
         for level in levels:
             path = level.path(output_format="list")
-            _record(by_path, report_type, path, old, new)
-    changes = [by_path[path] for path in sorted(by_path)]
+            _record(by_path, report_type, path, flat_old, flat_new)
+    changes = [_restored(by_path[path], atoms) for path in sorted(by_path)]
     # deepdiff compares as Python does, so it cannot see some differences that JSON can
     # (-0.0 against 0.0, for one). The stored changes must rebuild `new` exactly: check, and fall
     # back to replacing the whole document if they do not.
@@ -139,6 +144,50 @@ def compute_changes(old: Document, new: Document) -> list[Change]:
     return changes
 
 
+_ATOM = "\x00"  # no stored string holds NUL: a token cannot be mistaken for a value
+
+
+def _atomized(value: Any, atoms: dict[str, Any]) -> Any:
+    """`value` with each sealed or masked secret replaced by a string token standing for it
+    (equal secrets, equal tokens); containers without one are shared, not copied."""
+    if isinstance(value, dict):
+        if is_envelope(value) or is_masked(value):
+            token = _ATOM + orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+            atoms[token] = value
+            return token
+        out = None
+        for key, item in value.items():
+            if isinstance(item, dict | list):
+                flat = _atomized(item, atoms)
+                if flat is not item:
+                    out = dict(value) if out is None else out
+                    out[key] = flat
+        return value if out is None else out
+    if isinstance(value, list):
+        items = None
+        for index, item in enumerate(value):
+            if isinstance(item, dict | list):
+                flat = _atomized(item, atoms)
+                if flat is not item:
+                    items = list(value) if items is None else items
+                    items[index] = flat
+        return value if items is None else items
+    return value
+
+
+def _restored(value: Any, atoms: dict[str, Any]) -> Any:
+    """The tokens in a change (or any value) replaced by the secrets they stand for."""
+    if not atoms:
+        return value
+    if isinstance(value, str):
+        return atoms.get(value, value) if value.startswith(_ATOM) else value
+    if isinstance(value, dict):
+        return {key: _restored(item, atoms) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_restored(item, atoms) for item in value]
+    return value
+
+
 def _record(
     by_path: dict[tuple[str, ...], Change],
     report_type: str,
@@ -146,8 +195,8 @@ def _record(
     old: Document,
     new: Document,
 ) -> None:
-    cut = _whole_value_at(path, old, new)
-    if cut is not None:  # inside an array or a secret: the whole of it is what changed
+    cut = _whole_value_at(path)
+    if cut is not None:  # inside an array: the whole array is the value that changed
         key = tuple(path[:cut])
         report_type = "values_changed"
     else:
@@ -169,30 +218,9 @@ def _record(
         del by_path[other]
 
 
-def _whole_value_at(path: list[Any], old: Document, new: Document) -> int | None:
-    """Where a change deep inside a value must stop: at an array (arrays are values), or at a
-    sealed or masked secret (one value: its parts mean nothing apart)."""
-    for i, part in enumerate(path):
-        if isinstance(part, int):
-            return i
-        if i + 1 < len(path) and (
-            _is_atom(_find(old, path[: i + 1])) or _is_atom(_find(new, path[: i + 1]))
-        ):
-            return i + 1
-    return None
-
-
-def _is_atom(value: Any) -> bool:
-    return is_envelope(value) or is_masked(value)
-
-
-def _find(document: Any, path: list[Any]) -> Any:
-    node = document
-    for part in path:
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
+def _whole_value_at(path: list[Any]) -> int | None:
+    """Where a change deep inside a value must stop: at an array (arrays are values)."""
+    return next((i for i, part in enumerate(path) if isinstance(part, int)), None)
 
 
 def _get(document: JSONValue, path: Iterable[str]) -> JSONValue:

@@ -6,7 +6,10 @@ and what a reader who may not see one gets instead.
 A secret value is stored in a document (and so in events, projections and the audit trail) as
 an envelope, an object with one reserved key:
 
-    {"$secret": {"k": "<data key id>", "n": "<nonce>", "c": "<ciphertext>", "f": "<fingerprint>"}}
+    {"$secret": "<data key id>:<nonce>:<ciphertext>:<fingerprint>"}
+
+(one string: a key id holds no colon, base64 and hex none either; one string is also one node
+for everything that walks documents, where the secret is one value.)
 
 `f` is a keyed fingerprint of the plaintext (an HMAC under the installation's fingerprint key,
 truncated): equal values of one service get equal fingerprints, so a reader of the history sees
@@ -18,7 +21,9 @@ worker, the audit trail and every rebuild mask exactly alike.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Iterator, Mapping
+import functools
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,33 +45,42 @@ class SecretRule:
     patterns: tuple[str, ...] = DEFAULT_PATTERNS
     declared: frozenset[tuple[str, ...]] = frozenset()
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "patterns", tuple(p.upper() for p in self.patterns))
-
     def is_secret(self, name: str, keys: tuple[str, ...]) -> bool:
-        upper = name.upper()
-        return keys in self.declared or any(fnmatch.fnmatchcase(upper, p) for p in self.patterns)
+        return keys in self.declared or _secret_name(self.patterns, name)
 
     def paths(self, document: JSONValue) -> list[Path]:
         """The paths of the secret values of `document` (a secret's inside is not searched)."""
         found: list[Path] = []
-        stack: list[tuple[Any, Path, tuple[str, ...]]] = [(document, (), ())]
-        while stack:
-            node, path, keys = stack.pop()
+        patterns = self.patterns
+        declared = self.declared
+
+        def walk(node: Any, path: Path, keys: tuple[str, ...]) -> None:
             if isinstance(node, dict):
                 for name, value in node.items():
-                    here = (*keys, name)
-                    if self.is_secret(name, here):
+                    if _secret_name(patterns, name) or (declared and (*keys, name) in declared):
                         found.append((*path, name))
                     elif isinstance(value, dict | list):
-                        stack.append((value, (*path, name), here))
+                        walk(value, (*path, name), (*keys, name))
             elif isinstance(node, list):
-                stack.extend(
-                    (value, (*path, index), keys)
-                    for index, value in enumerate(node)
-                    if isinstance(value, dict | list)
-                )
+                for index, value in enumerate(node):
+                    if isinstance(value, dict | list):
+                        walk(value, (*path, index), keys)
+
+        walk(document, (), ())
         return found
+
+
+@functools.lru_cache(maxsize=64)
+def _matcher(patterns: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
+    """The patterns as one compiled, case-insensitive expression (on every write's hot path)."""
+    expression = "|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or "(?!)"
+    return re.compile(expression, re.IGNORECASE | re.DOTALL).match
+
+
+@functools.lru_cache(maxsize=100_000)
+def _secret_name(patterns: tuple[str, ...], name: str) -> bool:
+    # Key names repeat from one write to the next: each is matched once.
+    return _matcher(patterns)(name) is not None
 
 
 def is_envelope(value: Any) -> bool:
@@ -78,17 +92,28 @@ def is_masked(value: Any) -> bool:
     return isinstance(value, dict) and value.get("masked") is True and "fingerprint" in value
 
 
-def envelope_parts(value: Mapping[str, Any]) -> Mapping[str, str]:
-    parts: Mapping[str, str] = value[ENVELOPE_KEY]
-    return parts
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    key_id: str
+    nonce: str
+    ciphertext: str
+    fingerprint: str
+
+    def envelope(self) -> dict[str, str]:
+        return {ENVELOPE_KEY: f"{self.key_id}:{self.nonce}:{self.ciphertext}:{self.fingerprint}"}
+
+
+def envelope_parts(value: Mapping[str, Any]) -> Sealed:
+    key, nonce, ciphertext, fingerprint = value[ENVELOPE_KEY].split(":")
+    return Sealed(key, nonce, ciphertext, fingerprint)
 
 
 def key_id(envelope: Mapping[str, Any]) -> str:
-    return envelope_parts(envelope)["k"]
+    return envelope_parts(envelope).key_id
 
 
 def fingerprint(envelope: Mapping[str, Any]) -> str:
-    return envelope_parts(envelope)["f"]
+    return envelope_parts(envelope).fingerprint
 
 
 def masked(envelope: Mapping[str, Any], *, destroyed: bool = False) -> dict[str, Any]:

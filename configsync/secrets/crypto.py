@@ -16,6 +16,7 @@ import hmac
 import os
 from dataclasses import dataclass
 
+import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -124,10 +125,13 @@ class DataKey:
             raise SecretsUnavailable(
                 f"a value sealed under data key {self.id} does not open: it was altered or moved"
             ) from None
+        if plain[:1] == b'"' and b"\\" not in plain:  # a plain string: most secrets
+            return plain[1:-1].decode()
         return loads(plain)
 
     def _aad(self, where: JSONValue) -> bytes:
-        return canonical_json([self.id, where]).encode()
+        # orjson: deterministic for a list of strings and integers, and a tenth of the cost.
+        return orjson.dumps([self.id, where])
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,27 +10,26 @@ is dropped from every process's cache (the change feed's KeysDestroyed).
 
 from __future__ import annotations
 
-import copy
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
-from configsync.db import utcnow
+from configsync.db import insert_missing_rows, utcnow
 from configsync.domain.secrets import (
     DEFAULT_PATTERNS,
     ENVELOPE_KEY,
     Path,
+    Sealed,
     SecretRule,
     envelope_parts,
     envelopes,
     is_envelope,
     lookup,
     masked,
-    set_path,
 )
 from configsync.events.canonical import JSONValue, canonical_json
 from configsync.secrets.crypto import DataKey, Fingerprinter, MasterKeys, new_key
@@ -85,9 +84,22 @@ class Vault:
             self._keys.pop(key_id, None)
 
     def _fingerprint_root(self, session: Session, pending: list[dict[str, Any]]) -> bytes:
+        """The installation's fingerprint key, made by the first write that needs it.
+
+        On PostgreSQL it is made in a short transaction of its own, so concurrent first writers
+        all end up with the one that was kept. On SQLite the writer's own transaction holds the
+        database's only write lock, so it is made there, with the write (`pending`): nobody
+        else can be making one at the same time.
+        """
         if self._root is not None:
             return self._root
         row = session.get(SecretKeyRow, FINGERPRINT_ROOT)
+        if row is None and session.get_bind().dialect.name == "postgresql":
+            made = self._row(FINGERPRINT_ROOT, "", "", 0, new_key())
+            with _engine(session).begin() as conn:
+                insert_missing_rows(conn, SecretKeyRow, [made], key=["id"])
+            with Session(_engine(session)) as own:
+                row = own.get(SecretKeyRow, FINGERPRINT_ROOT)
         if row is not None and row.wrapped is not None:
             self._root = self.master.unwrap(FINGERPRINT_ROOT, row.master_key_id, row.wrapped)
             return self._root
@@ -116,33 +128,54 @@ class Vault:
     # --- reading -------------------------------------------------------------------------------
 
     def open(self, session: Session, document: Any) -> Any:
-        """`document` with every sealed value opened (a new value); a value whose key was
-        destroyed reads as masked and `"destroyed": true`."""
-        found = list(envelopes(document))
-        if not found:
-            return document
-        opened = copy.deepcopy(document)
-        for path, envelope in found:
-            value = self.open_value(session, envelope, path)
-            if not path:
-                return value
-            set_path(opened, path, value)
-        return opened
+        """`document` with every sealed value opened; a value whose key was destroyed reads as
+        masked and `"destroyed": true`. Containers holding a sealed value are new; the rest is
+        shared with `document` (nobody changes a document in place)."""
+        return self._opened(session, document, [])
+
+    def _opened(self, session: Session, node: Any, path: list[str | int]) -> Any:
+        if isinstance(node, dict):
+            if len(node) == 1 and ENVELOPE_KEY in node:
+                return self.open_value(session, node, tuple(path))
+            out = None
+            for key, value in node.items():
+                if isinstance(value, dict | list):
+                    path.append(key)
+                    opened = self._opened(session, value, path)
+                    path.pop()
+                    if opened is not value:
+                        if out is None:
+                            out = dict(node)
+                        out[key] = opened
+            return node if out is None else out
+        if isinstance(node, list):
+            items = None
+            for index, value in enumerate(node):
+                if isinstance(value, dict | list):
+                    path.append(index)
+                    opened = self._opened(session, value, path)
+                    path.pop()
+                    if opened is not value:
+                        if items is None:
+                            items = list(node)
+                        items[index] = opened
+            return node if items is None else items
+        return node
 
     def destroyed_paths(self, session: Session, document: Any) -> list[Path]:
         """Where `document` holds values whose data key was destroyed."""
         return [
             path
             for path, envelope in envelopes(document)
-            if self.key(session, envelope_parts(envelope)["k"]) is None
+            if self.key(session, envelope_parts(envelope).key_id) is None
         ]
 
     def open_value(self, session: Session, envelope: dict[str, Any], path: Path) -> Any:
         parts = envelope_parts(envelope)
-        key = self.key(session, parts["k"])
+        key = self.key(session, parts.key_id)
         if key is None:
             return masked(envelope, destroyed=True)
-        return key.open(parts["n"], parts["c"], list(path))
+        return key.open(parts.nonce, parts.ciphertext, list(path))
 
     # --- destroy and rotate --------------------------------------------------------------------
 
@@ -189,6 +222,7 @@ class Sealer:
     environment: str
     pending: list[dict[str, Any]] = field(default_factory=list)
     _key: DataKey | None = None
+    _sealed_before: Any = None  # the current document, as stored
     _fingerprint: Fingerprinter | None = None
 
     def seal(
@@ -196,38 +230,33 @@ class Sealer:
     ) -> Document:
         """`new` (plaintext) as it is stored: each secret value sealed. A secret whose value is
         the same as before, at the same path, keeps its envelope (so it shows no change)."""
-        paths = rule.paths(new)
-        if not paths:
-            return new
-        stored = copy.deepcopy(new)
-        for path in paths:
+        sealed: list[tuple[Path, Any]] = []
+        self._sealed_before = old_stored
+        for path in rule.paths(new):
             value = _get(new, path)
             had, before = lookup(old_plain, path)
             kept, envelope = lookup(old_stored, path)
             if had and kept and is_envelope(envelope) and _equal(before, value):
-                set_path(stored, path, envelope)
+                sealed.append((path, envelope))
             else:
-                set_path(stored, path, self.envelope(value, path))
-        return stored
+                sealed.append((path, self.envelope(value, path)))
+        return _replaced(new, sealed)
 
-    def reseal(self, rule: SecretRule, plain: Document) -> Document:
-        """`plain` with every secret value sealed afresh under a new generation (destroy)."""
+    def reseal(self, rule: SecretRule, plain: Document, stored: Document) -> Document:
+        """`plain` with every secret value sealed afresh under a new generation (destroy):
+        what the rule names, and what was sealed before even if the rule no longer names it."""
         self._key = self._new_generation()
-        stored = copy.deepcopy(plain)
-        for path in rule.paths(plain):
-            set_path(stored, path, self.envelope(_get(plain, path), path))
-        # Values sealed before that the rule no longer names stay sealed, under the new key.
-        for path, _ in list(envelopes(stored)):
-            if envelope_parts(_get(stored, path))["k"] != self._key.id:
-                set_path(stored, path, self.envelope(_get(plain, path), path))
-        return stored
+        wanted = [*rule.paths(plain), *(path for path, _ in envelopes(stored))]
+        outermost: list[Path] = []
+        for path in sorted(set(wanted), key=len):
+            if not any(path[: len(kept)] == kept for kept in outermost):
+                outermost.append(path)
+        return _replaced(plain, [(p, self.envelope(_get(plain, p), p)) for p in outermost])
 
     def envelope(self, value: JSONValue, path: Path) -> dict[str, Any]:
         key = self._key or self._live_key()
         nonce, ciphertext = key.seal(value, list(path))
-        return {
-            ENVELOPE_KEY: {"k": key.id, "n": nonce, "c": ciphertext, "f": self.fingerprint(value)}
-        }
+        return Sealed(key.id, nonce, ciphertext, self.fingerprint(value)).envelope()
 
     def fingerprint(self, value: JSONValue) -> str:
         if self._fingerprint is None:
@@ -238,9 +267,17 @@ class Sealer:
     def _live_key(self) -> DataKey:
         """The newest live generation of this config's data key (made if there is none).
 
-        Read from the database on every write that seals something, under the stream lock the
-        write holds: a generation destroyed by another process is never used again.
+        Every sealed value of the current document is under it: a destroy seals them all afresh
+        under a new generation in the same transaction that ends the old ones, and the writer
+        read that document under the stream lock. So the current document names it, and only a
+        document with nothing sealed yet costs a query (under the same lock: a generation
+        destroyed by another process is never used again).
         """
+        for _, envelope in envelopes(self._sealed_before):
+            key = self.vault.key(self.session, envelope_parts(envelope).key_id)
+            if key is not None:
+                self._key = key
+                return key
         row = self.session.execute(
             select(SecretKeyRow.id, SecretKeyRow.wrapped)
             .where(
@@ -277,6 +314,31 @@ class Sealer:
         return DataKey.of(key_id, raw)
 
 
+def _engine(session: Session) -> Engine:
+    bind = session.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
+
+
+def _replaced(document: Document, values: list[tuple[Path, Any]]) -> Document:
+    """`document` with the value at each path replaced: only the containers on those paths are
+    copied; the rest is shared."""
+    if not values:
+        return document
+    root = dict(document)
+    copied = {id(root)}
+    for path, value in values:
+        node: Any = root
+        for part in path[:-1]:
+            child = node[part]
+            if id(child) not in copied:
+                child = dict(child) if isinstance(child, dict) else list(child)
+                node[part] = child
+                copied.add(id(child))
+            node = child
+        node[path[-1]] = value
+    return root
+
+
 def _get(document: Any, path: Path) -> Any:
     found, value = lookup(document, path)
     assert found
@@ -284,4 +346,7 @@ def _get(document: Any, path: Path) -> Any:
 
 
 def _equal(a: Any, b: Any) -> bool:
+    """Equal as JSON (1, 1.0 and true differ); strings, the usual secrets, compared directly."""
+    if type(a) is str and type(b) is str:
+        return a == b
     return canonical_json(a) == canonical_json(b)
