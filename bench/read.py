@@ -134,8 +134,14 @@ def main() -> None:
             "CONFIGSYNC_LOG_LEVEL": "warning",
         }
         env.pop("REDIS_URL", None)
-        api_port, trivial_port = 18731, 18732
+        api_port, trivial_port, quiet_port = 18731, 18732, 18733
         api = serve([str(exe), "serve", "--port", str(api_port), "--workers", "2"], env, api_port)
+        # The same API with request and read counting off: what /metrics costs the hot path.
+        quiet = serve(
+            [str(exe), "serve", "--port", str(quiet_port), "--workers", "2"],
+            {**env, "CONFIGSYNC_METRICS": "false", "PROMETHEUS_MULTIPROC_DIR": ""},
+            quiet_port,
+        )
         config_url = f"http://127.0.0.1:{api_port}/v1/configs/bench/prod"
         body = httpx.get(config_url, headers={"X-API-Key": key}).content
         body_file = Path(tmp) / "body.json"
@@ -187,10 +193,25 @@ def main() -> None:
                 )
             middle = sorted(ratios)[len(ratios) // 2]
             print(f"ratio GET with secrets/without, median of rounds: {middle:.3f} (>= 0.95)")
+            quiet_url = config_url.replace(str(api_port), str(quiet_port))
+            wrk(quiet_url, auth, "2s")
+            ratios = []
+            for round_ in range(args.rounds):
+                pair = {}
+                order = [("on", config_url), ("off", quiet_url)]
+                for name, url_ in order if round_ % 2 == 0 else order[::-1]:
+                    pair[name] = wrk(url_, auth, args.duration)[0]
+                ratios.append(pair["on"] / pair["off"])
+                print(
+                    f"  round {round_ + 1}: GET, metrics off {pair['off']:8.0f} req/s, "
+                    f"on {pair['on']:8.0f} req/s: {ratios[-1]:.3f}"
+                )
+            middle = sorted(ratios)[len(ratios) // 2]
+            print(f"ratio GET metrics on/off, median of rounds: {middle:.3f} (>= 0.95)")
             print(f"uncached GET latency, no secrets:   {_latency(config_url, auth)}")
             print(f"uncached GET latency, with secrets: {_latency(secret_url, auth)}")
         finally:
-            for process in (api, trivial):
+            for process in (api, trivial, quiet):
                 os.killpg(process.pid, signal.SIGTERM)
                 process.wait(timeout=20)
 

@@ -16,6 +16,7 @@ from configsync.configs.endpoints import legacy as legacy_router
 from configsync.configs.endpoints import router as configs_router
 from configsync.configs.fastpath import CachedReads
 from configsync.configs.secret_endpoints import router as secrets_router
+from configsync.metrics import RequestMetrics
 from configsync.middleware import BODY_OVERHEAD, RequestGuard
 from configsync.runtime import Runtime
 from configsync.settings import Settings, get_settings
@@ -53,7 +54,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.write_path = runtime.write_path
     app.state.vault = runtime.vault
     app.state.change_feed = runtime.feed
-    app.add_middleware(CachedReads, authenticator=runtime.authenticator, reader=runtime.reader)
+    if settings.metrics:
+        # Inside the fast path, which counts its own answers: every request reaching the router.
+        app.add_middleware(RequestMetrics)
+    app.add_middleware(
+        CachedReads,
+        authenticator=runtime.authenticator,
+        reader=runtime.reader,
+        count=settings.metrics,
+    )
     # Added last, so outermost: request ids and the body limit apply to every request.
     app.add_middleware(RequestGuard, max_body=settings.max_document_bytes + BODY_OVERHEAD)
     exception_handlers.install(app, max_depth=settings.max_document_depth)

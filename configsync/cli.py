@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--no-beat", action="store_true", help="leave the periodic catch-up to another worker"
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics (projection positions and lag) on this port",
+    )
     worker.set_defaults(handler=_worker)
 
     # --- for people, against a server (CONFIGSYNC_URL) -------------------------------------
@@ -415,6 +420,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = get_settings()  # fail here, with the message, rather than in every worker
     settings.signing_key()
+    if args.workers > 1 and not args.reload:
+        _metrics_across_workers()
     uvicorn.run(
         "configsync.app:create_app",
         factory=True,
@@ -428,6 +435,25 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=False,
     )
     return 0
+
+
+def _metrics_across_workers() -> None:
+    """Every worker writes its metric samples to one directory, so a scrape of any worker
+    reports them all (prometheus_client's multiprocess mode). Emptied at start: samples of a
+    previous run are not this one's."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory, exist_ok=True)
+    else:
+        directory = tempfile.mkdtemp(prefix="configsync-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        atexit.register(shutil.rmtree, directory, True)
 
 
 def _read_password(*, confirm: bool = True) -> str:
@@ -493,6 +519,17 @@ def _worker(args: argparse.Namespace) -> int:
             "inside the API process after every write"
         )
     app = configure(settings)
+    if args.metrics_port:
+        from configsync.metrics import serve_worker_metrics
+        from projections.registry import status_all
+
+        factory = _session_factory()
+
+        def status() -> list[Any]:
+            with factory() as session:
+                return status_all(session)
+
+        serve_worker_metrics(args.metrics_port, status)
     argv = [
         "worker",
         f"--concurrency={args.concurrency}",

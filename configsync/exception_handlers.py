@@ -10,8 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from configsync.errors import ConfigSyncError
+from configsync.errors import ConfigSyncError, VersionConflict
 from configsync.http import error_response
+from configsync.metrics import CONFLICTS
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ def install(app: FastAPI, *, max_depth: int) -> None:
 
     @app.exception_handler(ConfigSyncError)
     async def domain_error(request: Request, exc: ConfigSyncError) -> Response:
+        if isinstance(exc, VersionConflict):
+            CONFLICTS.inc()
         return error_response(
             exc.status_code, exc.detail, type(exc).__name__, exc.headers, **exc.extra
         )

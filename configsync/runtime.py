@@ -14,10 +14,11 @@ from configsync.auth.throttle import LoginThrottle
 from configsync.configs.commands import ReadyWrite, WritePath, record
 from configsync.configs.reader import ConfigReader
 from configsync.db import make_engine, make_session_factory
-from configsync.domain.events import CONFIG_CHANGED, split_stream
+from configsync.domain.events import CONFIG_CHANGED, action_of, split_stream
 from configsync.events import StoredEvent
 from configsync.events.group import GroupCommit
 from configsync.feed import ChangeFeed, ConfigMoved, KeyRevoked, KeysDestroyed, Message
+from configsync.metrics import WRITES
 from configsync.secrets.crypto import MasterKeys
 from configsync.secrets.vault import Vault
 from configsync.settings import Settings
@@ -64,6 +65,7 @@ class Runtime:
         def committed(event: StoredEvent) -> None:
             if event.type != CONFIG_CHANGED:
                 return
+            WRITES.labels(action_of(event.data, event.version)).inc()
             service, environment = split_stream(event.stream)
             reader.changed(ConfigMoved(service, environment, event.version))
 

@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     # required in production), and the key-name patterns whose values are secret at any depth
     # (comma-separated, case-insensitive; owners declare more per service).
     master_keys: str | None = None
+    # /health/ready answers 503 once the oldest event the audit projection has not applied is
+    # older than this (the worker stopped or cannot keep up).
+    ready_max_audit_lag_seconds: float = Field(60.0, gt=0)
+    # Count every request and read for /metrics (off: only writes, conflicts, appends, waiters
+    # and logins are counted; bench/read.py measures what counting costs the hot path).
+    metrics: bool = True
     secret_patterns: str = "*PASSWORD*,*SECRET*,*TOKEN*,*_KEY,*PRIVATE*,*CREDENTIAL*"
 
     @field_validator("login_failures_per_account", "login_failures_per_address")

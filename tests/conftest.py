@@ -208,7 +208,7 @@ def wait_for_http(url: str, seconds: float = 30.0) -> None:
 
 
 @contextlib.contextmanager
-def running_server(cwd: Path, env: dict[str, str]) -> Iterator[str]:
+def running_server(cwd: Path, env: dict[str, str], *args: str) -> Iterator[str]:
     """`configsync serve` as a real process on a free port; yields its base URL."""
     import signal
     import subprocess
@@ -216,7 +216,7 @@ def running_server(cwd: Path, env: dict[str, str]) -> Iterator[str]:
 
     port = free_port()
     process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("configsync")), "serve", "--port", str(port)],
+        [str(Path(sys.executable).with_name("configsync")), "serve", "--port", str(port), *args],
         cwd=cwd,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -405,6 +405,7 @@ class SchemaCheck:
 def make_api(
     url: str, engine: Engine, *, wait_for_feed: bool = True, **settings: Any
 ) -> Iterator[Api]:
+    import shutil
     import tempfile
 
     from fastapi.testclient import TestClient
@@ -418,12 +419,15 @@ def make_api(
     settings.setdefault("log_signing_key", LOG_KEY)
     settings.setdefault("master_keys", MASTER_KEY)
     app = create_app(Settings(database_url=url, secret_key=TEST_SECRET, **settings))
-    with TestClient(app) as client:
-        client.event_hooks["response"].append(SchemaCheck(app))
-        feed = app.state.change_feed
-        if feed is not None and wait_for_feed:
-            assert feed.connected.wait(10), "the change feed did not connect"
-        yield Api(client, engine, url)
+    try:
+        with TestClient(app) as client:
+            client.event_hooks["response"].append(SchemaCheck(app))
+            feed = app.state.change_feed
+            if feed is not None and wait_for_feed:
+                assert feed.connected.wait(10), "the change feed did not connect"
+            yield Api(client, engine, url)
+    finally:
+        shutil.rmtree(logs, ignore_errors=True)
 
 
 @pytest.fixture

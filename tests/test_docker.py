@@ -25,7 +25,16 @@ def _subcommands() -> set[str]:
 
 
 def test_compose_has_the_services_of_the_original_readme(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"db", "redis", "migrate", "backend", "celery"}
+    # The original README's services, and the metrics it planned next (Prometheus, Grafana).
+    assert set(compose["services"]) == {
+        "db",
+        "redis",
+        "migrate",
+        "backend",
+        "celery",
+        "prometheus",
+        "grafana",
+    }
     assert "configsync_data" in compose["volumes"]
     assert "configsync_data:/var/lib/postgresql/data" in compose["services"]["db"]["volumes"]
     assert "8000:8000" in compose["services"]["backend"]["ports"]
@@ -71,3 +80,17 @@ def test_dockerfile_is_one_slim_non_root_image() -> None:
     assert cmd is not None and '"configsync", "serve"' in cmd.group(1)
     for copied in ("configsync", "projections", "alembic", "alembic.ini", "pyproject.toml"):
         assert re.search(rf"^COPY .*\b{re.escape(copied)}\b", text, re.M), copied
+
+
+def test_prometheus_and_grafana_run_beside_with_the_dashboard_provisioned(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    assert "/etc/prometheus/prometheus.yml" in " ".join(services["prometheus"]["volumes"])
+    grafana = " ".join(services["grafana"]["volumes"])
+    assert "/etc/grafana/provisioning" in grafana and "/var/lib/grafana/dashboards" in grafana
+    for mounted in (*services["prometheus"]["volumes"], *services["grafana"]["volumes"]):
+        source = mounted.split(":")[0]
+        assert (ROOT / source).exists(), source  # every file compose mounts is in the repository
+    worker = services["celery"]["command"]
+    assert worker[worker.index("--metrics-port") + 1] == "9101"

@@ -40,10 +40,10 @@ class Worker:
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, **extra: str) -> Worker:
+    def start(self, *args: str, **extra: str) -> Worker:
         exe = Path(sys.executable).with_name("configsync")
         self.process = subprocess.Popen(
-            [str(exe), "worker", "--concurrency", "1", "--loglevel", "WARNING"],
+            [str(exe), "worker", "--concurrency", "1", "--loglevel", "WARNING", *args],
             env={**self.env, **extra},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -288,3 +288,51 @@ def test_no_secret_value_reaches_the_broker_the_worker_or_the_audit_file(
     assert '"masked":true' in text_of_file
     for value in secrets:
         assert value not in messages and value not in text_of_file
+
+
+def test_lag_rises_while_the_worker_is_stopped_and_readiness_says_so(
+    pg: Engine, pg_url: str, redis_url: str, audit_file: Path, worker: Worker
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def audit_lag(api: Any) -> float:
+        for family in text_string_to_metric_families(api.get("/metrics").text):
+            for sample in family.samples:
+                lag = sample.name == "configsync_projection_lag_events"
+                if lag and sample.labels == {"name": "audit"}:
+                    return sample.value
+        raise AssertionError("no audit lag in /metrics")
+
+    generator = make_api(
+        pg_url, pg, redis_url=redis_url, audit_log=str(audit_file), ready_max_audit_lag_seconds=1
+    )
+    api = next(generator)
+    try:
+        assert api.get("/health/ready").status_code == 200
+        owner = api.person("owner@example.com")
+        writes(api, 3, owner)  # no worker runs: nothing audits them
+        assert audit_lag(api) == 3
+        time.sleep(1.2)
+        ready = api.get("/health/ready")
+        assert ready.status_code == 503
+        assert "is the worker running" in ready.json()["checks"]["audit"]
+        port = free_port()
+        worker.start("--metrics-port", str(port))
+        assert eventually(lambda: audit_lag(api) == 0)
+        assert eventually(lambda: api.get("/health/ready").status_code == 200)
+        assert api.get("/health/ready").json()["checks"]["audit"] == "ok"
+        # The worker reports the same from a port of its own.
+        import httpx
+
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as own:
+            assert eventually(lambda: _answers(own))
+            assert audit_lag(own) == 0
+    finally:
+        generator.close()
+
+
+def _answers(client: Any) -> bool:
+    try:
+        return bool(client.get("/metrics").status_code == 200)
+    except Exception:
+        return False

@@ -19,6 +19,7 @@ from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from configsync.errors import Throttled
+from configsync.metrics import LOGIN_FAILURES, LOGIN_THROTTLED
 from configsync.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,14 @@ class LoginThrottle:
                 log.warning("login throttle unavailable (%s); not throttling", exc)
                 return
             retry_after = max(1, math.ceil(reset - time.time()))
+            LOGIN_THROTTLED.inc()
             raise Throttled(
                 f"too many failed logins for this {kind}; try again in {retry_after} s",
                 retry_after=retry_after,
             )
 
     def failed(self, account: str, address: str) -> None:
+        LOGIN_FAILURES.inc()
         for kind, limit in self._limits:
             try:
                 self._limiter.hit(limit, "configsync-login", self._key(kind, account, address))

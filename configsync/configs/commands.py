@@ -9,6 +9,7 @@ WriteContext: passed in, never looked up.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from dataclasses import replace as evolve
@@ -63,6 +64,7 @@ from configsync.events import (
 from configsync.events.canonical import canonical_json, loads
 from configsync.events.group import GroupCommit
 from configsync.feed import ConfigMoved, KeysDestroyed, notify
+from configsync.metrics import APPEND_SECONDS, BATCH_SIZE
 from configsync.secrets.models import SecretKeyRow
 from configsync.secrets.vault import Vault
 from projections import current
@@ -320,6 +322,8 @@ def record(session: Session, writes: Sequence[ReadyWrite]) -> list[StoredEvent |
     # From here to the commit the append lock is held: only the statements that need the
     # appended events' positions, and nothing that could have been computed before.
     appended: list[tuple[StoredEvent, str]] = []
+    began = time.perf_counter()
+    BATCH_SIZE.observe(len(writes))
     for index, outcome in zip(
         waiting, append_batch(session, [writes[i].event for i in waiting]), strict=True
     ):
@@ -327,6 +331,7 @@ def record(session: Session, writes: Sequence[ReadyWrite]) -> list[StoredEvent |
         if isinstance(outcome, StoredEvent):
             appended.append((outcome, writes[index].document_json))
     apply_inline(session, appended)
+    APPEND_SECONDS.observe(time.perf_counter() - began)
     remember(
         session,
         [

@@ -64,6 +64,7 @@ from configsync.errors import InvalidInput
 from configsync.events import format_instant
 from configsync.http import alternatives, errors, json_response
 from configsync.hygiene import Instant
+from configsync.metrics import count_read
 
 router = APIRouter(tags=["configs"], responses=errors(401, 404, 413, 422, 503))
 legacy = APIRouter(tags=["original ConfigSync"], responses=errors(401, 404, 413, 422, 503))
@@ -135,7 +136,7 @@ async def read_config(
         found = await _lookup(reader, read, consistent)
         answer = decide(caller, found, read)
         assert isinstance(answer, Answer)
-        return _respond(answer)
+        return _respond(answer, format, request)
     # Registered before the first read: a write landing between that read and the wait still
     # wakes this request at once.
     with reader.waiters.watch((service, environment)) as watch:
@@ -154,7 +155,7 @@ async def read_config(
         assert entry is not None
         answer = Answer(304, b"", None, entry.etag)
     assert isinstance(answer, Answer)
-    return _respond(answer)
+    return _respond(answer, format, request)
 
 
 # How often a long poll reads the database again even if nothing woke it (a missed message).
@@ -169,7 +170,9 @@ async def _lookup(reader: ConfigReader, read: ReadRequest, consistent: bool) -> 
     return await run_in_threadpool(reader.load, read.service, read.environment)
 
 
-def _respond(answer: Answer) -> Response:
+def _respond(answer: Answer, fmt: str, request: Request) -> Response:
+    if request.app.state.settings.metrics:
+        count_read(fmt)
     return Response(
         answer.body or None,
         status_code=answer.status,

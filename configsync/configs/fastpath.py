@@ -11,6 +11,7 @@ unusual query) goes on to the endpoint, which gives the same answer the slow way
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -22,6 +23,7 @@ from configsync.configs.reads import Answer, ReadRequest, decide, parse_etag
 from configsync.configs.rendering import FORMATS
 from configsync.domain.names import NAME_PATTERN
 from configsync.errors import ConfigSyncError
+from configsync.metrics import FAST_PATH
 
 _PATH = re.compile(r"/v1/configs/([^/]+)/([^/]+)")
 
@@ -58,16 +60,21 @@ class _Headers(dict[str, str]):
 class CachedReads:
     """ASGI middleware: GET /v1/configs/{service}/{environment} from the caches when it can."""
 
-    def __init__(self, app: ASGIApp, authenticator: Authenticator, reader: ConfigReader) -> None:
+    def __init__(
+        self, app: ASGIApp, authenticator: Authenticator, reader: ConfigReader, count: bool = True
+    ) -> None:
         self.app = app
+        self.count = count
         self.authenticator = authenticator
         self.reader = reader
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        answer = self._try(scope) if scope["type"] == "http" and scope["method"] == "GET" else None
-        if answer is None:
+        began = time.perf_counter()
+        found = self._try(scope) if scope["type"] == "http" and scope["method"] == "GET" else None
+        if found is None:
             await self.app(scope, receive, send)
             return
+        answer, fmt = found
         headers = [
             (b"etag", answer.etag.encode()),
             (b"content-length", str(len(answer.body)).encode()),
@@ -76,8 +83,10 @@ class CachedReads:
             headers.append((b"content-type", answer.media_type.encode()))
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": answer.body})
+        if self.count:
+            FAST_PATH.count(fmt, answer.status, time.perf_counter() - began)
 
-    def _try(self, scope: Scope) -> Answer | None:
+    def _try(self, scope: Scope) -> tuple[Answer, str] | None:
         match = _PATH.fullmatch(scope["path"])
         if match is None:
             return None
@@ -91,6 +100,7 @@ class CachedReads:
             if len(params) != 1 or params[0][0] != "format" or params[0][1] not in FORMATS:
                 return None  # version, as_of, consistent, or anything odd: the endpoint decides
             fmt = params[0][1]
-        return cached_answer(
+        answer = cached_answer(
             self.authenticator, self.reader, _Headers.of(scope), service, environment, fmt
         )
+        return (answer, fmt) if answer is not None else None

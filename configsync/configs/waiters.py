@@ -16,6 +16,8 @@ import threading
 from collections import defaultdict
 from types import TracebackType
 
+from configsync.metrics import WAITERS
+
 Key = tuple[str, str]
 
 
@@ -32,6 +34,7 @@ class Watch:
 
     def __enter__(self) -> Watch:
         self._waiters._add(self._key, self)
+        WAITERS.inc()
         return self
 
     def __exit__(
@@ -41,6 +44,7 @@ class Watch:
         _tb: TracebackType | None,
     ) -> None:
         self._waiters._discard(self._key, self)
+        WAITERS.dec()
 
     def wake(self) -> None:
         self._loop.call_soon_threadsafe(self._event.set)
