@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -65,6 +66,7 @@ def test_no_default_secret_and_production_urls(compose: dict[str, Any]) -> None:
     env = compose["services"]["backend"]["environment"]
     assert env["SECRET_KEY"].startswith("${SECRET_KEY:?")
     assert env["CONFIGSYNC_MASTER_KEYS"].startswith("${CONFIGSYNC_MASTER_KEYS:?")
+    assert env["CONFIGSYNC_LOG_SIGNING_KEY"].startswith("${CONFIGSYNC_LOG_SIGNING_KEY:?")
     assert env["DATABASE_URL"].startswith("postgresql://") and "@db:5432/" in env["DATABASE_URL"]
     assert env["REDIS_URL"] == "redis://redis:6379/0"
     for name in ("migrate", "celery"):
@@ -94,3 +96,43 @@ def test_prometheus_and_grafana_run_beside_with_the_dashboard_provisioned(
         assert (ROOT / source).exists(), source  # every file compose mounts is in the repository
     worker = services["celery"]["command"]
     assert worker[worker.index("--metrics-port") + 1] == "9101"
+
+
+def test_the_worker_has_its_own_health_check_and_a_writable_audit_volume(
+    compose: dict[str, Any],
+) -> None:
+    celery = compose["services"]["celery"]
+    check = " ".join(celery["healthcheck"]["test"])
+    assert "9101/metrics" in check and "8000" not in check
+    assert (
+        "configsync_logs:/app/logs" in celery["volumes"] and "configsync_logs" in compose["volumes"]
+    )
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert (
+        "chown configsync:configsync /app/logs" in dockerfile
+    )  # what the named volume starts with
+    env = compose["services"]["backend"]["environment"]
+    assert env["CONFIGSYNC_ENV"] == "production"  # no default secret accepted
+
+
+def test_docker_compose_config_accepts_the_file() -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("docker") is None:
+        pytest.skip("no docker CLI here")
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0:
+        pytest.skip("the docker CLI here has no compose plugin (no Docker engine runs either)")
+    env = {
+        "SECRET_KEY": "k" * 48,
+        "CONFIGSYNC_MASTER_KEYS": "H4ZzKKTS0q4S6fl+D5G5Ww3Y3d0b9xUXgD1yYfp3nV0=",
+        "CONFIGSYNC_LOG_SIGNING_KEY": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        "PATH": os.environ["PATH"],
+    }
+    result = subprocess.run(
+        ["docker", "compose", "-f", str(ROOT / "docker-compose.yml"), "config", "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
