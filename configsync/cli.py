@@ -61,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
     admin.add_argument("email")
     admin.set_defaults(handler=_create_admin)
 
+    users = commands.add_parser("users", help="accounts (when sign-up is closed, admins make them)")
+    users_commands = users.add_subparsers(title="user commands", metavar="ACTION")
+    users_create = users_commands.add_parser(
+        "create", help="create an account; password from the prompt or stdin"
+    )
+    users_create.add_argument("email")
+    users_create.add_argument("--role", choices=["user", "auditor", "admin"], default="user")
+    users_create.set_defaults(handler=_users_create)
+
     proj = commands.add_parser("projections", help="inspect and rebuild read models")
     proj_commands = proj.add_subparsers(title="projection commands", metavar="ACTION")
     rebuild = proj_commands.add_parser("rebuild", help="replay every event into a projection")
@@ -476,6 +485,18 @@ def _create_admin(args: argparse.Namespace) -> int:
         user, created = create_admin(session, args.email, password)
         email = user.email
     print(f"{'created' if created else 'promoted'} admin {email}")
+    return 0
+
+
+def _users_create(args: argparse.Namespace) -> int:
+    from configsync.auth.service import signup
+    from configsync.db import unit_of_work
+
+    password = _read_password()
+    with unit_of_work(_session_factory()) as session:
+        user = signup(session, args.email, password, role=args.role)
+        email, role = user.email, user.role
+    print(f"created {role} {email}")
     return 0
 
 

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     # Count every request and read for /metrics (off: only writes, conflicts, appends, waiters
     # and logins are counted; bench/read.py measures what counting costs the hot path).
     metrics: bool = True
+    # Who may create an account: anybody (`open`, POST /auth/signup, as the original ConfigSync
+    # did, whose curl examples must keep working) or only admins (`closed`: POST /v1/users,
+    # `configsync users create`).
+    signup: Literal["open", "closed"] = "open"
     secret_patterns: str = "*PASSWORD*,*SECRET*,*TOKEN*,*_KEY,*PRIVATE*,*CREDENTIAL*"
 
     @field_validator("login_failures_per_account", "login_failures_per_address")
@@ -126,6 +130,10 @@ class Settings(BaseSettings):
                 "Keep it apart from the database backups: without it no secret can be read."
             )
         return self
+
+    @property
+    def signup_open(self) -> bool:
+        return self.signup == "open"
 
     @property
     def is_sqlite(self) -> bool:

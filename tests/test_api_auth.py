@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 from jose import jwt
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
-from tests.conftest import PASSWORD, TEST_SECRET, Api, clean_env, cli
+from tests.conftest import PASSWORD, TEST_SECRET, Api, clean_env, cli, make_api, scalar
 
 URL = "/v1/configs/pay/prod"
 
@@ -407,3 +407,50 @@ def test_the_legacy_api_key_reads_every_service_and_has_no_default(pg: Any, pg_u
         assert api.get(URL, headers={"X-API-Key": guess}).status_code == 401
     with pytest.raises(StopIteration):
         next(without)
+
+
+def test_closed_sign_up_refuses_and_admins_create_accounts(pg: Engine, pg_url: str) -> None:
+    generator = make_api(pg_url, pg, signup="closed")
+    api = next(generator)
+    try:
+        refused = api.post("/auth/signup", json={"email": "new@example.com", "password": PASSWORD})
+        assert refused.status_code == 403 and "closed" in refused.json()["detail"]
+        assert scalar(pg, "SELECT count(*) FROM users") == 0
+        admin = api.person("admin@example.com", role="admin")
+        user = api.person("user@example.com")
+        body = {"email": "New@Example.com", "password": PASSWORD, "role": "auditor"}
+        assert api.post("/v1/users", headers=user, json=body).status_code == 403
+        created = api.post("/v1/users", headers=admin, json=body)
+        assert created.status_code == 201, created.text
+        assert created.json()["email"] == "new@example.com"
+        assert created.json()["role"] == "auditor"
+        assert api.token("new@example.com")  # the new account logs in
+        assert api.post("/v1/users", headers=admin, json=body).status_code == 409
+        bad = api.post("/v1/users", headers=admin, json={**body, "email": "x@e.com", "role": "god"})
+        assert bad.status_code == 422
+    finally:
+        generator.close()
+
+
+def test_users_create_makes_an_account_from_the_command_line(pg: Engine, pg_url: str) -> None:
+    result = cli(
+        "users",
+        "create",
+        "ops@example.com",
+        "--role",
+        "auditor",
+        env=clean_env(DATABASE_URL=pg_url),
+        stdin=PASSWORD + "\n",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "created auditor ops@example.com" in result.stdout
+    role = scalar(pg, "SELECT role FROM users WHERE email = 'ops@example.com'")
+    assert role == "auditor"
+    again = cli(
+        "users",
+        "create",
+        "ops@example.com",
+        env=clean_env(DATABASE_URL=pg_url),
+        stdin=PASSWORD + "\n",
+    )
+    assert again.returncode == 1 and "already exists" in again.stderr

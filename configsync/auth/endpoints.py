@@ -21,11 +21,12 @@ from configsync.auth.schemas import (
     SignedUp,
     Signup,
     Token,
+    UserCreate,
     UserOut,
     UserUpdate,
 )
 from configsync.deps import SessionDep, SettingsDep
-from configsync.errors import InvalidInput, Unauthorized
+from configsync.errors import Forbidden, InvalidInput, Unauthorized
 from configsync.events import format_instant
 from configsync.http import errors, json_response
 
@@ -75,9 +76,14 @@ def _key(row: ApiKeyRow) -> dict[str, Any]:
     }
 
 
-@router.post("/auth/signup", status_code=201, response_model=SignedUp, responses=errors(409))
-def signup(body: Signup, session: SessionDep) -> Response:
-    """Create an account (role `user`)."""
+@router.post("/auth/signup", status_code=201, response_model=SignedUp, responses=errors(403, 409))
+def signup(body: Signup, session: SessionDep, settings: SettingsDep) -> Response:
+    """Create an account (role `user`), unless sign-up is closed (then admins create them)."""
+    if not settings.signup_open:
+        raise Forbidden(
+            "sign-up is closed on this server: an admin creates accounts "
+            "(POST /v1/users, or `configsync users create`)"
+        )
     user = service.signup(session, body.email, body.password)
     return json_response({"id": user.id, "email": user.email, "role": user.role}, status=201)
 
@@ -151,6 +157,13 @@ def me(session: SessionDep, caller: CallerDep) -> Response:
 def list_users(session: SessionDep, _admin: AdminDep) -> Response:
     """Every account (admins only)."""
     return json_response([_user(u) for u in service.list_users(session)])
+
+
+@router.post("/v1/users", status_code=201, response_model=UserOut, responses=errors(403, 409))
+def create_user(body: UserCreate, session: SessionDep, _admin: AdminDep) -> Response:
+    """Create an account with a role (admins only; works whether sign-up is open or closed)."""
+    user = service.signup(session, body.email, body.password, role=body.role)
+    return json_response(_user(user), status=201)
 
 
 @router.patch("/v1/users/{user_id}", response_model=UserOut, responses=errors(403, 404))

@@ -43,6 +43,12 @@ class SignedUp(Out):
     role: str
 
 
+class UserCreate(Body):
+    email: EmailStr
+    password: str = Field(description="8 to 72 bytes")
+    role: Literal["admin", "user", "auditor"] = "user"
+
+
 class UserUpdate(Body):
     role: Literal["admin", "user", "auditor"] | None = None
     is_active: bool | None = None
