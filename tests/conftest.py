@@ -43,6 +43,7 @@ TABLES = [
     "merkle_nodes",
     "log_checkpoints",
     "secret_keys",
+    "revoked_tokens",
     "events",
 ]
 APPEND_ONLY = ["events", "audit_log"]  # their triggers refuse TRUNCATE, as they should

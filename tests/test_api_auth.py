@@ -454,3 +454,61 @@ def test_users_create_makes_an_account_from_the_command_line(pg: Engine, pg_url:
         stdin=PASSWORD + "\n",
     )
     assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_logout_stops_the_token_at_once_in_another_api_process(pg: Engine, pg_url: str) -> None:
+    first, second = make_api(pg_url, pg), make_api(pg_url, pg)
+    a, b = next(first), next(second)
+    try:
+        a.signup("leaving@example.com")
+        token, other = a.token("leaving@example.com"), a.token("leaving@example.com")
+        assert b.get("/v1/me", headers=token).status_code == 200
+        assert a.post("/auth/logout", headers=token).status_code == 204
+        refused = b.get("/v1/me", headers=token)  # the other process, at once
+        assert refused.status_code == 401 and "logged out" in refused.json()["detail"]
+        assert a.post("/auth/logout", headers=token).status_code == 401
+        assert b.get("/v1/me", headers=other).status_code == 200  # only that token
+        owner = a.person("owner@example.com")
+        a.put("/v1/configs/pay/prod", headers=owner, json={"data": {"A": 1}})
+        key = {"X-API-Key": a.key(owner, "pay")}
+        assert a.post("/auth/logout", headers=key).status_code == 403
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_password_change_revokes_the_persons_other_tokens(any_api: Api) -> None:
+    api = any_api
+    api.signup("mover@example.com")
+    one, two = api.token("mover@example.com"), api.token("mover@example.com")
+    wrong = api.post(
+        "/auth/password",
+        headers=one,
+        json={"current_password": "not-it", "new_password": "another-password"},
+    )
+    assert wrong.status_code == 401
+    assert api.get("/v1/me", headers=two).status_code == 200  # nothing changed
+    changed = api.post(
+        "/auth/password",
+        headers=one,
+        json={"current_password": PASSWORD, "new_password": "another-password"},
+    )
+    assert changed.status_code == 200, changed.text
+    fresh = {"Authorization": f"Bearer {changed.json()['access_token']}"}
+    for old in (one, two):
+        refused = api.get("/v1/me", headers=old)
+        assert refused.status_code == 401 and "password change" in refused.json()["detail"]
+    assert api.get("/v1/me", headers=fresh).status_code == 200
+    assert (
+        api.post(
+            "/auth/login", json={"email": "mover@example.com", "password": PASSWORD}
+        ).status_code
+        == 401
+    )
+    assert api.token("mover@example.com", "another-password")
+    short = api.post(
+        "/auth/password",
+        headers=fresh,
+        json={"current_password": "another-password", "new_password": "short"},
+    )
+    assert short.status_code == 422

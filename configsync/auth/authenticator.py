@@ -82,9 +82,11 @@ class Authenticator:
         if creds.kind == "key":
             return self._resolve_key(session, creds.value)
         claims = tokens.decode(creds.value, key=self._settings.signing_key())
-        user = service.active_user(session, claims.user_id)
+        user = service.token_user(session, claims)
         # The role is read from the database, not the token: a demotion takes effect at once.
-        return Caller(kind="user", id=user.id, name=user.email, role=user.role)
+        return Caller(
+            kind="user", id=user.id, name=user.email, role=user.role, token_id=claims.token_id
+        )
 
     def _resolve_key(self, session: Session, key: str) -> Caller:
         digest = hash_key(key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -11,12 +12,14 @@ from pydantic import ValidationError
 from configsync.auth import service, tokens
 from configsync.auth.deps import AdminDep, AuthenticatorDep, CallerDep, ThrottleDep
 from configsync.auth.models import ApiKeyRow, UserRow
+from configsync.auth.permissions import Caller
 from configsync.auth.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyOut,
     KeyMe,
     Login,
+    PasswordChange,
     PersonMe,
     SignedUp,
     Signup,
@@ -25,6 +28,7 @@ from configsync.auth.schemas import (
     UserOut,
     UserUpdate,
 )
+from configsync.db import utcnow
 from configsync.deps import SessionDep, SettingsDep
 from configsync.errors import Forbidden, InvalidInput, Unauthorized
 from configsync.events import format_instant
@@ -130,10 +134,46 @@ def login(
     except Unauthorized:
         throttle.failed(account, address)
         raise
+    return _token(user, settings)
+
+
+def _token(user: UserRow, settings: Any) -> Response:
     token, lifetime = tokens.issue(
-        user.id, user.role, key=settings.signing_key(), minutes=settings.access_token_minutes
+        user.id,
+        user.role,
+        key=settings.signing_key(),
+        minutes=settings.access_token_minutes,
+        generation=user.token_generation,
     )
     return json_response({"access_token": token, "token_type": "bearer", "expires_in": lifetime})
+
+
+def _person(caller: Caller) -> None:
+    if not caller.is_person or not caller.token_id:
+        raise Forbidden("only a person's access token can do this (API keys are revoked)")
+
+
+@router.post("/auth/logout", status_code=204, responses=errors(401, 403))
+def logout(session: SessionDep, caller: CallerDep, settings: SettingsDep) -> Response:
+    """Revoke the access token presented: it stops working at once, in every API process."""
+    _person(caller)
+    assert caller.token_id is not None
+    until = utcnow() + timedelta(minutes=settings.access_token_minutes)
+    service.revoke_token(session, caller.token_id, until)
+    return Response(status_code=204)
+
+
+@router.post("/auth/password", response_model=Token, responses=errors(401, 403, 422))
+def change_password(
+    body: PasswordChange, session: SessionDep, caller: CallerDep, settings: SettingsDep
+) -> Response:
+    """Change your password: every token issued before (this one included) stops working; the
+    answer carries a new one."""
+    _person(caller)
+    user = service.change_password(
+        session, service.active_user(session, caller.id), body.current_password, body.new_password
+    )
+    return _token(user, settings)
 
 
 @router.get("/v1/me", response_model=PersonMe | KeyMe)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, String, Text
+from sqlalchemy import Boolean, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from configsync.db import Base, UTCDateTime, utcnow
@@ -19,6 +19,18 @@ class UserRow(Base):
     role: Mapped[str] = mapped_column(String(16), default="user")
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Tokens carry the generation they were issued in; changing the password moves it on, so
+    # every token issued before stops at once, in every API process.
+    token_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class RevokedTokenRow(Base):
+    """Tokens logged out before they expire (by `jti`); a row may go once its token expired."""
+
+    __tablename__ = "revoked_tokens"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 class ServiceRow(Base):

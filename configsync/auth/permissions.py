@@ -32,6 +32,7 @@ class Caller:
     service: str | None = None  # API keys: the one service they are for
     environment: str | None = None  # API keys: None means every environment
     permission: str | None = None  # API keys: "read" | "write"
+    token_id: str | None = None  # people: the `jti` of the token presented (for logout)
 
     @property
     def is_person(self) -> bool:

@@ -43,6 +43,11 @@ class SignedUp(Out):
     role: str
 
 
+class PasswordChange(Body):
+    current_password: str
+    new_password: str = Field(description="8 to 72 bytes")
+
+
 class UserCreate(Body):
     email: EmailStr
     password: str = Field(description="8 to 72 bytes")

@@ -8,12 +8,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from configsync.auth.models import ApiKeyRow, ServiceRow, UserRow
+from configsync.auth.models import ApiKeyRow, RevokedTokenRow, ServiceRow, UserRow
 from configsync.auth.passwords import check_password_rules, hash_password, verify_password
 from configsync.auth.permissions import (
     ADMIN,
@@ -23,7 +24,7 @@ from configsync.auth.permissions import (
     authorize_key_management,
     authorize_owner_or_admin,
 )
-from configsync.db import after_commit, utcnow
+from configsync.db import after_commit, insert_missing, utcnow
 from configsync.domain.names import validate_name
 from configsync.errors import AlreadyExists, Forbidden, InvalidInput, NotFound, Unauthorized
 from configsync.feed import KeyRevoked, notify
@@ -70,6 +71,36 @@ def active_user(session: Session, user_id: str) -> UserRow:
     user = session.get(UserRow, user_id)
     if user is None or not user.is_active:
         raise Unauthorized("invalid or expired token")
+    return user
+
+
+def token_user(session: Session, claims: Any) -> UserRow:
+    """The account a token speaks for, if the token still stands: the account is active, the
+    token is of its current generation (no password change since) and was not logged out."""
+    user = active_user(session, claims.user_id)
+    if claims.generation != user.token_generation:
+        raise Unauthorized("this token was revoked by a password change; log in again")
+    if claims.token_id and session.get(RevokedTokenRow, claims.token_id) is not None:
+        raise Unauthorized("this token was logged out; log in again")
+    return user
+
+
+def revoke_token(session: Session, token_id: str, expires_at: datetime) -> None:
+    """Log a token out everywhere (every API process reads this table for every person)."""
+    session.execute(delete(RevokedTokenRow).where(RevokedTokenRow.expires_at < utcnow()))
+    insert_missing(
+        session, RevokedTokenRow, [{"jti": token_id, "expires_at": expires_at}], key=["jti"]
+    )
+
+
+def change_password(session: Session, user: UserRow, current: str, new: str) -> UserRow:
+    """Set a new password; every token issued before stops working."""
+    if not verify_password(current, user.password_hash):
+        raise Unauthorized("the current password is not right")
+    check_password_rules(new)
+    user.password_hash = hash_password(new)
+    user.token_generation += 1
+    session.flush()
     return user
 
 

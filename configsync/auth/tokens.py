@@ -19,9 +19,12 @@ class Claims:
     user_id: str
     role: str
     token_id: str
+    generation: int = 0
 
 
-def issue(user_id: str, role: str, *, key: str, minutes: int) -> tuple[str, int]:
+def issue(
+    user_id: str, role: str, *, key: str, minutes: int, generation: int = 0
+) -> tuple[str, int]:
     """A signed token and its lifetime in seconds."""
     now = utcnow()
     lifetime = timedelta(minutes=minutes)
@@ -31,6 +34,7 @@ def issue(user_id: str, role: str, *, key: str, minutes: int) -> tuple[str, int]
         "iat": int(now.timestamp()),
         "exp": int((now + lifetime).timestamp()),
         "jti": uuid.uuid4().hex,
+        "gen": generation,
     }
     return jwt.encode(claims, key, algorithm=ALGORITHM), int(lifetime.total_seconds())
 
@@ -49,4 +53,9 @@ def decode(token: str, *, key: str) -> Claims:
     user_id, role = claims.get("sub"), claims.get("role")
     if not isinstance(user_id, str) or not isinstance(role, str):
         raise Unauthorized("invalid or expired token")
-    return Claims(user_id=user_id, role=role, token_id=str(claims.get("jti", "")))
+    generation = claims.get("gen", 0)
+    if not isinstance(generation, int):
+        raise Unauthorized("invalid or expired token")
+    return Claims(
+        user_id=user_id, role=role, token_id=str(claims.get("jti", "")), generation=generation
+    )
