@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from configsync.auth.authenticator import Authenticator
 from configsync.auth.throttle import LoginThrottle
+from configsync.auth.usage import KeyUsage
 from configsync.configs.commands import ReadyWrite, WritePath, record
 from configsync.configs.reader import ConfigReader
 from configsync.db import make_engine, make_session_factory
@@ -73,7 +74,9 @@ class Runtime:
             settings=settings,
             engine=engine,
             session_factory=session_factory,
-            authenticator=Authenticator(settings),
+            authenticator=Authenticator(
+                settings, KeyUsage(session_factory, settings.key_usage_flush_seconds)
+            ),
             login_throttle=LoginThrottle(settings),
             reader=reader,
             dispatcher=dispatcher,
@@ -108,10 +111,14 @@ class Runtime:
     def start(self) -> None:
         if self.feed is not None:
             self.feed.start()
+        if self.authenticator.usage is not None:
+            self.authenticator.usage.start()
 
     def stop(self) -> None:
         if self.feed is not None:
             self.feed.stop()
+        if self.authenticator.usage is not None:
+            self.authenticator.usage.stop()
         self.dispatcher.close()
         self.engine.dispose()
         if self.group is not None:

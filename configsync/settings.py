@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     # did, whose curl examples must keep working) or only admins (`closed`: POST /v1/users,
     # `configsync users create`).
     signup: Literal["open", "closed"] = "open"
+    # How often each API process writes when its API keys were last used (GET /v1/api-keys).
+    key_usage_flush_seconds: float = Field(5.0, gt=0)
     secret_patterns: str = "*PASSWORD*,*SECRET*,*TOKEN*,*_KEY,*PRIVATE*,*CREDENTIAL*"
 
     @field_validator("login_failures_per_account", "login_failures_per_address")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,16 @@ import pytest
 from jose import jwt
 from sqlalchemy import Engine, text
 
-from tests.conftest import PASSWORD, TEST_SECRET, Api, clean_env, cli, make_api, scalar
+from tests.conftest import (
+    PASSWORD,
+    TEST_SECRET,
+    Api,
+    clean_env,
+    cli,
+    eventually,
+    make_api,
+    scalar,
+)
 
 URL = "/v1/configs/pay/prod"
 
@@ -512,3 +522,33 @@ def test_a_password_change_revokes_the_persons_other_tokens(any_api: Api) -> Non
         json={"current_password": "another-password", "new_password": "short"},
     )
     assert short.status_code == 422
+
+
+def test_api_keys_list_their_last_use(pg: Engine, pg_url: str) -> None:
+    generator = make_api(pg_url, pg, key_usage_flush_seconds=0.2)
+    api = next(generator)
+    try:
+        owner = api.person("owner@example.com")
+        api.put("/v1/configs/pay/prod", headers=owner, json={"data": {"A": 1}})
+        used = {"X-API-Key": api.key(owner, "pay")}
+        api.key(owner, "pay", "write")  # never used
+        for _ in range(3):  # the database, then the cache (the fast path) answers
+            assert api.get("/v1/configs/pay/prod", headers=used).status_code == 200
+
+        def last_use() -> dict[str, Any]:
+            keys = api.get("/v1/api-keys", headers=owner).json()
+            return {k["permission"]: k["last_used_at"] for k in keys}
+
+        assert eventually(lambda: last_use()["read"] is not None, 5)
+        assert last_use()["write"] is None
+
+        def read_at() -> datetime:
+            return datetime.fromisoformat(last_use()["read"].replace("Z", "+00:00"))
+
+        first = read_at()
+        assert abs((datetime.now(UTC) - first).total_seconds()) < 30
+        time.sleep(0.05)
+        assert api.get("/v1/configs/pay/prod", headers=used).status_code == 200
+        assert eventually(lambda: read_at() > first, 5)  # it moves with each use
+    finally:
+        generator.close()

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from configsync.auth import service, tokens
 from configsync.auth.permissions import Caller
 from configsync.auth.service import KEY_PREFIX, KeyRecord, hash_key
+from configsync.auth.usage import KeyUsage
 from configsync.cache import InvalidatingCache
 from configsync.db import utcnow
 from configsync.errors import Unauthorized
@@ -45,8 +46,9 @@ def credentials(headers: object) -> Credentials | None:
 
 
 class Authenticator:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, usage: KeyUsage | None = None) -> None:
         self._settings = settings
+        self.usage = usage
         self._legacy_key = settings.legacy_api_key
         self.keys: InvalidatingCache[str, KeyRecord] = InvalidatingCache()
 
@@ -72,6 +74,8 @@ class Authenticator:
             return None
         if not record.usable(utcnow()):
             raise Unauthorized("invalid, expired or revoked API key")
+        if self.usage is not None:
+            self.usage.seen(record.id)
         return record.caller()
 
     def resolve(self, session: Session, creds: Credentials | None) -> Caller:
@@ -97,4 +101,6 @@ class Authenticator:
         self.keys.fill(digest, record, generation)
         if not record.usable(utcnow()):
             raise Unauthorized("invalid, expired or revoked API key")
+        if self.usage is not None:
+            self.usage.seen(record.id)
         return record.caller()

@@ -77,6 +77,7 @@ def _key(row: ApiKeyRow) -> dict[str, Any]:
         "expires_at": format_instant(row.expires_at) if row.expires_at else None,
         "created_at": format_instant(row.created_at),
         "revoked": row.revoked_at is not None,
+        "last_used_at": format_instant(row.last_used_at) if row.last_used_at else None,
     }
 
 
@@ -229,6 +230,7 @@ def create_api_key(body: ApiKeyCreate, session: SessionDep, caller: CallerDep) -
     )
     out = _key(row)
     out.pop("revoked")
+    out.pop("last_used_at")
     return json_response({**out, "key": key}, status=201)
 
 

@@ -77,6 +77,9 @@ class ApiKeyOut(Out):
     expires_at: str | None
     created_at: str
     revoked: bool
+    last_used_at: str | None = Field(
+        None, description="when a request last presented it (written every few seconds)"
+    )
 
 
 class ApiKeyCreated(Out):
