@@ -416,10 +416,20 @@ def _console() -> Any:
 
 
 def _session_factory() -> Any:
+    """Sessions of the configured database, which must exist: a command run in the wrong
+    folder must not quietly make an empty `configsync.db` there and report on it."""
     from configsync.db import make_engine, make_session_factory
-    from configsync.settings import get_settings
+    from configsync.settings import get_settings, sqlite_path
 
-    return make_session_factory(make_engine(get_settings().database_url))
+    url = get_settings().database_url
+    if url.startswith("sqlite"):
+        path = sqlite_path(url)
+        if path is not None and not path.exists():
+            raise InvalidInput(
+                f"no database at {path}: run `configsync migrate` there first, run this where "
+                "the database is, or set DATABASE_URL"
+            )
+    return make_session_factory(make_engine(url))
 
 
 def _print_json(value: Any) -> None:

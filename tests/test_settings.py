@@ -77,3 +77,17 @@ def test_serve_in_production_without_a_secret_exits_with_what_to_set(tmp_path: P
     result = cli("serve", "--port", "1", env=clean_env(CONFIGSYNC_ENV="production"), cwd=tmp_path)
     assert result.returncode != 0
     assert "SECRET_KEY" in result.stderr
+
+
+def test_database_commands_outside_the_clone_refuse_to_make_an_empty_database(
+    tmp_path: Path,
+) -> None:
+    elsewhere = tmp_path / "somewhere-else"
+    elsewhere.mkdir()
+    for command in (("projections", "status"), ("audit", "verify"), ("backup", "x.backup")):
+        result = cli(*command, env=clean_env(), cwd=elsewhere)
+        assert result.returncode == 1, command
+        assert "no database at" in result.stderr and "configsync migrate" in result.stderr
+    assert list(elsewhere.iterdir()) == []  # nothing made there
+    assert cli("migrate", env=clean_env(), cwd=elsewhere).returncode == 0  # migrate makes it
+    assert cli("projections", "status", env=clean_env(), cwd=elsewhere).returncode == 0
