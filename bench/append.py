@@ -15,6 +15,7 @@ import functools
 import multiprocessing
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import sessionmaker
@@ -71,11 +72,7 @@ def run_writers(
                 conflicts[w] += 1
                 expected = conflict.actual
 
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(writer, writers)
     if retries is not None:
         retries[0] += sum(conflicts)
     return writers * per_writer
@@ -128,12 +125,7 @@ def run_service_writers(
                 document = {"COUNTER": i, "API_URL": "https://api.example.com", "TIMEOUT": 30}
                 commands.replace(session, f"bench-{w}", "prod", document, ctx)
 
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return writers * per_writer
+    return _in_threads(writer, writers) * per_writer
 
 
 def run_document_writers(
@@ -158,12 +150,17 @@ def run_document_writers(
             with unit_of_work(factory) as session:
                 commands.replace(session, f"doc-{w}", "prod", doc, ctx)
 
+    return _in_threads(writer, writers) * per_writer
+
+
+def _in_threads(writer: Callable[[int], None], writers: int) -> int:
+    """Run `writer(0)` … `writer(writers - 1)` in threads at once; returns `writers`."""
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return writers * per_writer
+    return writers
 
 
 def _report(label: str, count: int, seconds: float, group: GroupCommit[Any, Any] | None) -> None:

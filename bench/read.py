@@ -89,6 +89,28 @@ def wrk(url: str, headers: dict[str, str], duration: str) -> tuple[float, str]:
     return rps, p99
 
 
+def _alternated(
+    measured: tuple[str, str],
+    baseline: tuple[str, str],
+    headers: dict[str, str],
+    duration: str,
+    rounds: int,
+) -> float:
+    """The median over `rounds` of measured/baseline req/s, the order swapped every round."""
+    for url, _ in (measured, baseline):
+        wrk(url, headers, "2s")  # warm the caches
+    ratios = []
+    for round_ in range(rounds):
+        pair = [measured, baseline] if round_ % 2 == 0 else [baseline, measured]
+        rate = {name: wrk(url, headers, duration)[0] for url, name in pair}
+        ratios.append(rate[measured[1]] / rate[baseline[1]])
+        print(
+            f"  round {round_ + 1}: {baseline[1]} {rate[baseline[1]]:8.0f} req/s, "
+            f"{measured[1]} {rate[measured[1]]:8.0f} req/s: {ratios[-1]:.3f}"
+        )
+    return sorted(ratios)[len(ratios) // 2]
+
+
 def _latency(url: str, headers: dict[str, str], count: int = 300) -> str:
     """One client, one request at a time: the latency of a read that opens the secrets."""
     timings = []
@@ -177,37 +199,17 @@ def main() -> None:
             print(f"ratio 304/trivial: {rate[scenarios[2][0]] / base:.2f} (target >= 1.0)")
             uncached = rate["uncached GET, a fifth secret"] / rate["uncached GET (consistent=true)"]
             print(f"ratio uncached GET with secrets/without: {uncached:.3f}")
-            # Cached GETs with and without secrets, alternated round by round (the machine is
-            # shared: a single pair of runs differs by more than the effect measured).
-            ratios = []
-            wrk(secret_url, auth, "2s")
-            for round_ in range(args.rounds):
-                pair = {}
-                order = [("plain", config_url), ("secret", secret_url)]
-                for name, url_ in order if round_ % 2 == 0 else order[::-1]:
-                    pair[name] = wrk(url_, auth, args.duration)[0]
-                ratios.append(pair["secret"] / pair["plain"])
-                print(
-                    f"  round {round_ + 1}: GET without secrets {pair['plain']:8.0f} req/s, "
-                    f"with {pair['secret']:8.0f} req/s: {ratios[-1]:.3f}"
-                )
-            middle = sorted(ratios)[len(ratios) // 2]
-            print(f"ratio GET with secrets/without, median of rounds: {middle:.3f} (>= 0.95)")
+            # Cached GETs with and without secrets, then with metrics on and off, alternated
+            # round by round (the machine is shared: one pair of runs differs by more than the
+            # effect measured).
             quiet_url = config_url.replace(str(api_port), str(quiet_port))
-            wrk(quiet_url, auth, "2s")
-            ratios = []
-            for round_ in range(args.rounds):
-                pair = {}
-                order = [("on", config_url), ("off", quiet_url)]
-                for name, url_ in order if round_ % 2 == 0 else order[::-1]:
-                    pair[name] = wrk(url_, auth, args.duration)[0]
-                ratios.append(pair["on"] / pair["off"])
-                print(
-                    f"  round {round_ + 1}: GET, metrics off {pair['off']:8.0f} req/s, "
-                    f"on {pair['on']:8.0f} req/s: {ratios[-1]:.3f}"
-                )
-            middle = sorted(ratios)[len(ratios) // 2]
-            print(f"ratio GET metrics on/off, median of rounds: {middle:.3f} (>= 0.95)")
+            comparisons = [
+                ("GET with secrets/without", (secret_url, "with"), (config_url, "without")),
+                ("GET metrics on/off", (config_url, "on"), (quiet_url, "off")),
+            ]
+            for label, measured, baseline in comparisons:
+                middle = _alternated(measured, baseline, auth, args.duration, args.rounds)
+                print(f"ratio {label}, median of rounds: {middle:.3f} (>= 0.95)")
             print(f"uncached GET latency, no secrets:   {_latency(config_url, auth)}")
             print(f"uncached GET latency, with secrets: {_latency(secret_url, auth)}")
         finally:

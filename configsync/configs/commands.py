@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from configsync.auth.models import ServiceRow
 from configsync.configs.idempotency import IdempotencyKey, Used, remember
-from configsync.configs.queries import get, missing, state_at
+from configsync.configs.queries import get, missing, secret_paths, state_at
 from configsync.db import after_commit, insert_missing, utcnow
 from configsync.domain.actor import Actor
 from configsync.domain.documents import (
@@ -61,7 +61,7 @@ from configsync.events import (
     read_stream,
     stream_version,
 )
-from configsync.events.canonical import canonical_json, loads
+from configsync.events.canonical import canonical_json
 from configsync.events.group import GroupCommit
 from configsync.feed import ConfigMoved, KeysDestroyed, notify
 from configsync.metrics import APPEND_SECONDS, BATCH_SIZE
@@ -231,7 +231,7 @@ def _write(
             return _unchanged(state, old)
 
     sealer = ctx.vault.sealer(session, service, environment)
-    rule = ctx.vault.rule(declared_secrets(service_row))
+    rule = ctx.vault.rule(secret_paths(service_row))
     stored = sealer.seal(rule, new, old, old_stored)
     changes = compute_changes(old_stored, stored)
     if deleting:
@@ -285,14 +285,6 @@ def _append(session: Session, ctx: WriteContext, ready: ReadyWrite) -> StoredEve
     for listener in ctx.path.listeners:
         after_commit(session, _bind(listener, event))
     return event
-
-
-def declared_secrets(service: ServiceRow | None) -> list[list[str]]:
-    """The key paths a service's owner declared secret."""
-    if service is None or not service.secret_paths:
-        return []
-    paths: list[list[str]] = loads(service.secret_paths)
-    return paths
 
 
 @dataclass(frozen=True, slots=True)
@@ -586,7 +578,7 @@ def destroy_secrets(
         return Destruction(_unchanged(state, plain), [], up_to_version)
     through = max([up_to_version, *(e.version for e in events if _keys_of([e]) & doomed)])
     sealer = ctx.vault.sealer(session, service, environment)
-    rule = ctx.vault.rule(declared_secrets(session.get(ServiceRow, service)))
+    rule = ctx.vault.rule(secret_paths(session.get(ServiceRow, service)))
     stored = sealer.reseal(rule, plain, state.document)
     changes = compute_changes(state.document, stored)
     payload = ConfigChanged(

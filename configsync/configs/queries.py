@@ -368,8 +368,7 @@ class DeclaredSecrets:
 def declared_secrets(session: Session, service: str, patterns: tuple[str, ...]) -> DeclaredSecrets:
     """The key paths declared secret for `service`, and per path how many versions (of every
     environment) hold a value of it in plain text: written before it was declared."""
-    row = session.get(ServiceRow, service)
-    declared: list[list[str]] = loads(row.secret_paths) if row and row.secret_paths else []
+    declared = secret_paths(session.get(ServiceRow, service))
     counts = {dotted(path): 0 for path in declared}
     environments = session.scalars(
         select(ConfigCurrentRow.environment).where(ConfigCurrentRow.service == service)
@@ -382,6 +381,14 @@ def declared_secrets(session: Session, service: str, patterns: tuple[str, ...]) 
                 if any(_sets_plaintext(change, path) for change in event.data["changes"]):
                     counts[dotted(path)] += 1
     return DeclaredSecrets(service, [dotted(p) for p in declared], patterns, counts)
+
+
+def secret_paths(service: ServiceRow | None) -> list[list[str]]:
+    """The key paths a service's owner declared secret."""
+    if service is None or not service.secret_paths:
+        return []
+    paths: list[list[str]] = loads(service.secret_paths)
+    return paths
 
 
 def _sets_plaintext(change: Change, path: list[str]) -> bool:

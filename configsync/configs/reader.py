@@ -8,6 +8,7 @@ seen a newer version than the entry: that read goes to the database.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,7 +38,7 @@ class ConfigEntry:
     document: Document  # plaintext: secret values opened
     body: bytes  # the JSON answer to GET, ready to send
     stored: Document = field(default_factory=dict)  # secret values sealed
-    updated_at: str = ""
+    updated_at: datetime | None = None
     updated_by: dict[str, Any] = field(default_factory=dict)
     renders: dict[str, bytes] = field(default_factory=dict, compare=False)
     masked_renders: dict[str, bytes] = field(default_factory=dict, compare=False)
@@ -62,16 +63,7 @@ class ConfigEntry:
         if out is None:
             document = mask(self.stored)
             if fmt == "json":
-                out = dumps(
-                    {
-                        "service": self.service,
-                        "environment": self.environment,
-                        "version": self.version,
-                        "data": document,
-                        "updated_at": self.updated_at,
-                        "updated_by": self.updated_by,
-                    }
-                )
+                out = dumps(response_body(self, {"data": document}))
             else:
                 out = render(document, fmt)
             self.masked_renders[fmt] = out
@@ -131,8 +123,7 @@ class ConfigReader:
             if state is None:
                 return Lookup(True, owner.owner_id, None)
             document = self.vault.open(session, state.document)
-        body = response_body(state)
-        body["data"] = document
+        body = response_body(state, {"data": document})
         entry = ConfigEntry(
             service=service,
             environment=environment,
@@ -142,7 +133,7 @@ class ConfigReader:
             document=document,
             body=dumps(body),
             stored=state.document,
-            updated_at=body["updated_at"],
+            updated_at=state.updated_at,
             updated_by=state.updated_by,
         )
         self.cache.fill((service, environment), entry, generation)

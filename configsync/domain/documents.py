@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from deepdiff import DeepDiff
 
-from configsync.domain.secrets import is_envelope, is_masked
+from configsync.domain.secrets import is_envelope, is_masked, replaced
 from configsync.errors import DocumentTooLarge, InvalidDocument
 from configsync.events.canonical import JSONValue, canonical_json, check_json, loads
 
@@ -149,30 +149,14 @@ _ATOM = "\x00"  # no stored string holds NUL: a token cannot be mistaken for a v
 
 def _atomized(value: Any, atoms: dict[str, Any]) -> Any:
     """`value` with each sealed or masked secret replaced by a string token standing for it
-    (equal secrets, equal tokens); containers without one are shared, not copied."""
-    if isinstance(value, dict):
-        if is_envelope(value) or is_masked(value):
-            token = _ATOM + orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
-            atoms[token] = value
-            return token
-        out = None
-        for key, item in value.items():
-            if isinstance(item, dict | list):
-                flat = _atomized(item, atoms)
-                if flat is not item:
-                    out = dict(value) if out is None else out
-                    out[key] = flat
-        return value if out is None else out
-    if isinstance(value, list):
-        items = None
-        for index, item in enumerate(value):
-            if isinstance(item, dict | list):
-                flat = _atomized(item, atoms)
-                if flat is not item:
-                    items = list(value) if items is None else items
-                    items[index] = flat
-        return value if items is None else items
-    return value
+    (equal secrets, equal tokens)."""
+
+    def token(secret: Any, _path: Any) -> str:
+        name = _ATOM + orjson.dumps(secret, option=orjson.OPT_SORT_KEYS).decode()
+        atoms[name] = secret
+        return name
+
+    return replaced(value, lambda node: is_envelope(node) or is_masked(node), token)
 
 
 def _restored(value: Any, atoms: dict[str, Any]) -> Any:

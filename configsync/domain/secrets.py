@@ -125,18 +125,38 @@ def masked(envelope: Mapping[str, Any], *, destroyed: bool = False) -> dict[str,
 
 
 def mask(value: Any) -> Any:
-    """`value` (a document, a change list, any JSON) with every envelope masked; a new value."""
-    if is_envelope(value):
-        return masked(value)
-    if isinstance(value, dict):
-        return {k: mask(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask(v) for v in value]
-    return value
+    """`value` (a document, a change list, any JSON) with every envelope masked."""
+    return replaced(value, is_envelope, lambda envelope, _path: masked(envelope))
 
 
-def has_envelopes(value: Any) -> bool:
-    return next(envelopes(value), None) is not None
+def replaced(value: Any, matches: Callable[[Any], bool], by: Callable[[Any, Path], Any]) -> Any:
+    """`value` with each object that `matches` (searched at any depth, not inside a match)
+    replaced by `by(object, its path)`. Only containers holding a replacement are copied; the
+    rest is shared with `value`, which is never changed (nobody changes a document in place)."""
+    path: list[str | int] = []
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if matches(node):
+                return by(node, tuple(path))
+            items: Iterable[tuple[Any, Any]] = node.items()
+        elif isinstance(node, list):
+            items = enumerate(node)
+        else:
+            return node
+        copy: Any = None
+        for key, child in items:
+            if isinstance(child, dict | list):
+                path.append(key)
+                new = walk(child)
+                path.pop()
+                if new is not child:
+                    if copy is None:
+                        copy = dict(node) if isinstance(node, dict) else list(node)
+                    copy[key] = new
+        return node if copy is None else copy
+
+    return walk(value)
 
 
 def envelopes(value: Any, path: Path = ()) -> Iterator[tuple[Path, dict[str, Any]]]:

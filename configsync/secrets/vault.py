@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session
 from configsync.db import insert_missing_rows, utcnow
 from configsync.domain.secrets import (
     DEFAULT_PATTERNS,
-    ENVELOPE_KEY,
     Path,
     Sealed,
     SecretRule,
@@ -30,6 +29,7 @@ from configsync.domain.secrets import (
     is_envelope,
     lookup,
     masked,
+    replaced,
 )
 from configsync.events.canonical import JSONValue, canonical_json
 from configsync.secrets.crypto import DataKey, Fingerprinter, MasterKeys, new_key
@@ -131,36 +131,9 @@ class Vault:
         """`document` with every sealed value opened; a value whose key was destroyed reads as
         masked and `"destroyed": true`. Containers holding a sealed value are new; the rest is
         shared with `document` (nobody changes a document in place)."""
-        return self._opened(session, document, [])
-
-    def _opened(self, session: Session, node: Any, path: list[str | int]) -> Any:
-        if isinstance(node, dict):
-            if len(node) == 1 and ENVELOPE_KEY in node:
-                return self.open_value(session, node, tuple(path))
-            out = None
-            for key, value in node.items():
-                if isinstance(value, dict | list):
-                    path.append(key)
-                    opened = self._opened(session, value, path)
-                    path.pop()
-                    if opened is not value:
-                        if out is None:
-                            out = dict(node)
-                        out[key] = opened
-            return node if out is None else out
-        if isinstance(node, list):
-            items = None
-            for index, value in enumerate(node):
-                if isinstance(value, dict | list):
-                    path.append(index)
-                    opened = self._opened(session, value, path)
-                    path.pop()
-                    if opened is not value:
-                        if items is None:
-                            items = list(node)
-                        items[index] = opened
-            return node if items is None else items
-        return node
+        return replaced(
+            document, is_envelope, lambda envelope, path: self.open_value(session, envelope, path)
+        )
 
     def destroyed_paths(self, session: Session, document: Any) -> list[Path]:
         """Where `document` holds values whose data key was destroyed."""
