@@ -259,20 +259,22 @@ def test_declared_paths_are_sealed_from_the_next_write_and_earlier_plaintext_is_
     any_api: Api, owner: dict[str, str]
 ) -> None:
     api = any_api
-    _put(api, owner, {"database": {"host": "h1", "port": 5432}})
-    _put(api, owner, {"database": {"host": "h2", "port": 5432}})
+    _put(api, owner, {"database": {"host": "first-host.internal", "port": 5432}})
+    _put(api, owner, {"database": {"host": "second-host.internal", "port": 5432}})
     declared = api.put("/v1/services/pay/secrets", headers=owner, json={"paths": ["database.host"]})
     assert declared.status_code == 200, declared.text
     body = declared.json()
     assert body["paths"] == ["database.host"] and body["plaintext_versions"] == {"database.host": 2}
     assert "*PASSWORD*" in body["patterns"]
     assert api.get("/v1/services/pay/secrets", headers=owner).json() == body
-    _put(api, owner, {"database": {"host": "h3", "port": 5432}})
+    _put(api, owner, {"database": {"host": "third-host.internal", "port": 5432}})
     auditor = api.person("auditor@example.com", role="auditor")
     seen = api.get(URL, headers=auditor).json()["data"]["database"]
     assert seen["host"]["masked"] is True and seen["port"] == 5432
-    assert api.get(URL, headers=owner).json()["data"]["database"]["host"] == "h3"
-    assert b"h3" not in _dump(api)
+    assert api.get(URL, headers=owner).json()["data"]["database"]["host"] == "third-host.internal"
+    stored = _dump(api)
+    assert b"second-host.internal" in stored  # declared after it was written: still plain
+    assert b"third-host.internal" not in stored
     # Still two earlier versions in plain text: the third was sealed.
     again = api.get("/v1/services/pay/secrets", headers=owner).json()
     assert again["plaintext_versions"] == {"database.host": 2}
