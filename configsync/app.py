@@ -12,9 +12,9 @@ from configsync import docs, exception_handlers, health
 from configsync.audit.endpoints import router as audit_router
 from configsync.audit.log_endpoints import router as log_router
 from configsync.auth.endpoints import router as auth_router
-from configsync.configs.endpoints import legacy as legacy_router
 from configsync.configs.endpoints import router as configs_router
 from configsync.configs.fastpath import CachedReads
+from configsync.configs.legacy_endpoints import legacy as legacy_router
 from configsync.configs.secret_endpoints import router as secrets_router
 from configsync.metrics import RequestMetrics
 from configsync.middleware import BODY_OVERHEAD, RequestGuard

@@ -65,6 +65,13 @@ class AlreadyExists(ConfigSyncError):
     status_code = 409
 
 
+class AlreadyRegistered(ConfigSyncError):
+    """A taken username or email at the original implementation's /auth/register, which answered
+    400 where the rest of the API answers 409."""
+
+    status_code = 400
+
+
 class VersionConflict(ConfigSyncError):
     """The stream is not at the version the writer expected.
 

@@ -53,6 +53,7 @@ def error_response(
 
 
 ERROR_DESCRIPTIONS = {
+    400: "taken: the username or email is registered already (the original /auth/register)",
     401: "not authenticated: no, a bad, an expired or a revoked token or key",
     403: "authenticated, but not allowed to do this",
     404: "not found (or not visible to the caller: the same answer)",

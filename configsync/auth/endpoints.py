@@ -18,9 +18,12 @@ from configsync.auth.schemas import (
     ApiKeyCreated,
     ApiKeyOut,
     KeyMe,
+    LoggedOut,
     Login,
     PasswordChange,
     PersonMe,
+    Register,
+    Registered,
     SignedUp,
     Signup,
     Token,
@@ -30,7 +33,13 @@ from configsync.auth.schemas import (
 )
 from configsync.db import utcnow
 from configsync.deps import SessionDep, SettingsDep
-from configsync.errors import Forbidden, InvalidInput, Unauthorized
+from configsync.errors import (
+    AlreadyExists,
+    AlreadyRegistered,
+    Forbidden,
+    InvalidInput,
+    Unauthorized,
+)
 from configsync.events import format_instant
 from configsync.http import errors, json_response
 
@@ -60,6 +69,7 @@ def _user(user: UserRow) -> dict[str, Any]:
     return {
         "id": user.id,
         "email": user.email,
+        "username": user.username,
         "role": user.role,
         "is_active": user.is_active,
         "created_at": format_instant(user.created_at),
@@ -81,16 +91,36 @@ def _key(row: ApiKeyRow) -> dict[str, Any]:
     }
 
 
-@router.post("/auth/signup", status_code=201, response_model=SignedUp, responses=errors(403, 409))
-def signup(body: Signup, session: SessionDep, settings: SettingsDep) -> Response:
-    """Create an account (role `user`), unless sign-up is closed (then admins create them)."""
+def _signup_open(settings: Any) -> None:
     if not settings.signup_open:
         raise Forbidden(
             "sign-up is closed on this server: an admin creates accounts "
             "(POST /v1/users, or `configsync users create`)"
         )
+
+
+@router.post("/auth/signup", status_code=201, response_model=SignedUp, responses=errors(403, 409))
+def signup(body: Signup, session: SessionDep, settings: SettingsDep) -> Response:
+    """Create an account (role `user`), unless sign-up is closed (then admins create them)."""
+    _signup_open(settings)
     user = service.signup(session, body.email, body.password)
     return json_response({"id": user.id, "email": user.email, "role": user.role}, status=201)
+
+
+@router.post("/auth/register", response_model=Registered, responses=errors(400, 403))
+def register(body: Register, session: SessionDep, settings: SettingsDep) -> Response:
+    """Create an account with a username (original implementation): it logs in with the
+    username or the email. Only the role `user`: other roles are an admin's to give."""
+    _signup_open(settings)
+    if body.role not in (None, "user"):
+        raise Forbidden(f"only an admin can give the role {body.role!r} (PATCH /v1/users/{{id}})")
+    try:
+        user = service.signup(session, body.email, body.password, username=body.username)
+    except AlreadyExists as exc:
+        raise AlreadyRegistered(exc.detail) from None
+    return json_response(
+        {"id": user.id, "username": user.username, "email": user.email, "role": user.role}
+    )
 
 
 @router.post(
@@ -154,14 +184,15 @@ def _person(caller: Caller) -> None:
         raise Forbidden("only a person's access token can do this (API keys are revoked)")
 
 
-@router.post("/auth/logout", status_code=204, responses=errors(401, 403))
+@router.post("/auth/logout", response_model=LoggedOut, responses=errors(403))
 def logout(session: SessionDep, caller: CallerDep, settings: SettingsDep) -> Response:
-    """Revoke the access token presented: it stops working at once, in every API process."""
+    """Revoke the access token presented: it stops working at once, in every API process.
+    (Answers as the original implementation did.)"""
     _person(caller)
     assert caller.token_id is not None
     until = utcnow() + timedelta(minutes=settings.access_token_minutes)
     service.revoke_token(session, caller.token_id, until)
-    return Response(status_code=204)
+    return json_response({"msg": "logged out"})
 
 
 @router.post("/auth/password", response_model=Token, responses=errors(401, 403, 422))

@@ -15,6 +15,9 @@ class UserRow(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
+    # Optional: accounts made by the original implementation's /auth/register have one, and log
+    # in with it as well as with their email.
+    username: Mapped[str | None] = mapped_column(String(150), unique=True, index=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16), default="user")
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)

@@ -18,6 +18,24 @@ class Signup(Body):
     password: str = Field(description="8 to 72 bytes")
 
 
+class Register(BaseModel):
+    """POST /auth/register of the original implementation (extra fields ignored, as there)."""
+
+    username: str = Field(pattern=r"^[A-Za-z0-9._-]{1,150}$", description="letters, digits, . _ -")
+    email: EmailStr
+    password: str = Field(description="8 to 72 bytes")
+    role: Literal["admin", "user", "auditor"] | None = Field(
+        None, description="only `user`: an admin gives other roles (PATCH /v1/users/{id})"
+    )
+
+
+class Registered(Out):
+    id: str
+    username: str
+    email: str
+    role: str
+
+
 class Login(Body):
     email: str
     password: str
@@ -32,6 +50,7 @@ class Token(Out):
 class UserOut(Out):
     id: str
     email: str
+    username: str | None = None
     role: str
     is_active: bool
     created_at: str
@@ -41,6 +60,10 @@ class SignedUp(Out):
     id: str
     email: str
     role: str
+
+
+class LoggedOut(Out):
+    msg: str
 
 
 class PasswordChange(Body):

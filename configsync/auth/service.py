@@ -37,14 +37,19 @@ def normalize_email(email: str) -> str:
     return email.strip().lower()
 
 
-def signup(session: Session, email: str, password: str, *, role: str = USER) -> UserRow:
+def signup(
+    session: Session, email: str, password: str, *, role: str = USER, username: str | None = None
+) -> UserRow:
     check_password_rules(password)
     email = normalize_email(email)
     if session.scalar(select(UserRow.id).where(UserRow.email == email)) is not None:
         raise AlreadyExists(f"an account with email {email} already exists")
+    if username is not None and _by_username(session, username) is not None:
+        raise AlreadyExists(f"Username already exists: {username!r}")
     user = UserRow(
         id=str(uuid.uuid4()),
         email=email,
+        username=username,
         password_hash=hash_password(password),
         role=role,
         is_active=True,
@@ -53,13 +58,21 @@ def signup(session: Session, email: str, password: str, *, role: str = USER) -> 
     session.add(user)
     try:
         session.flush()
-    except IntegrityError:  # the same email signed up concurrently
-        raise AlreadyExists(f"an account with email {email} already exists") from None
+    except IntegrityError:  # the same email or username signed up concurrently
+        raise AlreadyExists(f"an account with email {email} or that username exists") from None
     return user
 
 
-def authenticate(session: Session, email: str, password: str) -> UserRow:
-    user = session.scalar(select(UserRow).where(UserRow.email == normalize_email(email)))
+def _by_username(session: Session, username: str) -> UserRow | None:
+    return session.scalar(select(UserRow).where(UserRow.username == username))
+
+
+def authenticate(session: Session, login: str, password: str) -> UserRow:
+    """The account whose email (or, without an @, username) and password these are."""
+    if "@" in login:
+        user = session.scalar(select(UserRow).where(UserRow.email == normalize_email(login)))
+    else:
+        user = _by_username(session, login.strip())
     if not verify_password(password, user.password_hash if user else None) or user is None:
         raise Unauthorized("incorrect email or password")
     if not user.is_active:

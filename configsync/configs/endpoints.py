@@ -7,14 +7,12 @@ calls one command or query, and shapes the answer. The request's unit of work co
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from configsync.auth.deps import BriefCallerDep, CallerDep
@@ -25,13 +23,10 @@ from configsync.configs.auth import (
     ConfigWrite,
     HistoryRead,
     PromoteAccess,
-    RawBody,
     RollbackAccess,
     WriteContextDep,
     expect_existing,
     read_access,
-    write_access,
-    write_context,
 )
 from configsync.configs.commands import WriteContext, WriteResult
 from configsync.configs.queries import Difference
@@ -48,17 +43,14 @@ from configsync.configs.schemas import (
     ConfigWritten,
     DiffOut,
     HistoryOut,
-    LegacyConfig,
-    LegacyUpdate,
-    LegacyUpdated,
     PromoteBody,
     RollbackBody,
     RolledBack,
 )
 from configsync.configs.schemas import ConfigWrite as ConfigWriteBody
-from configsync.deps import SessionDep, SettingsDep
+from configsync.deps import SessionDep
 from configsync.domain.documents import parse_key
-from configsync.domain.names import DEFAULT_ENVIRONMENT, validate_name
+from configsync.domain.names import validate_name
 from configsync.domain.secrets import mask
 from configsync.errors import InvalidInput
 from configsync.events import format_instant
@@ -67,7 +59,6 @@ from configsync.hygiene import Instant
 from configsync.metrics import count_read
 
 router = APIRouter(tags=["configs"], responses=errors(401, 404, 413, 422, 503))
-legacy = APIRouter(tags=["original ConfigSync"], responses=errors(401, 404, 413, 422, 503))
 WRITE_ERRORS = errors(403, 409, 412)
 
 CONFIG_PATH = "/v1/configs/{service}/{environment}"
@@ -197,7 +188,7 @@ def _read_past(
         else:
             assert as_of is not None
             past = queries.get_as_of(session, service, environment, as_of)
-        document = _shown(session, reader, caller, past.document)
+        document = shown(session, reader, caller, past.document)
     headers = {"ETag": f'"{past.version}"'}
     if fmt != "json":
         return Response(render(document, fmt), media_type=MEDIA_TYPES[fmt], headers=headers)
@@ -212,7 +203,7 @@ def _read_past(
     return json_response(body, headers=headers)
 
 
-def _shown(session: Session, reader: ConfigReader, caller: Caller, stored: Any) -> Any:
+def shown(session: Session, reader: ConfigReader, caller: Caller, stored: Any) -> Any:
     """A stored document as a reader of the config gets it: secrets opened or masked."""
     return reader.vault.open(session, stored) if sees_secrets(caller) else mask(stored)
 
@@ -508,95 +499,3 @@ def promote_config(
         expected_version=body.expected_version,
     )
     return _written(result, {"data": result.masked()})  # not a read: secret values masked
-
-
-# --- the original ConfigSync -----------------------------------------------------------------
-
-
-@legacy.get("/config/get", response_model=LegacyConfig)
-def legacy_get(
-    session: SessionDep,
-    caller: CallerDep,
-    reader: ReaderDep,
-    service: Annotated[str, Query(description="the service name")],
-    environment: str = DEFAULT_ENVIRONMENT,
-) -> Response:
-    """Fetch a service's configuration (original ConfigSync)."""
-    read_access(session, caller, service, environment)
-    state = queries.get(session, service, environment)
-    return json_response(
-        {
-            "service": service,
-            "environment": environment,
-            "version": state.version,
-            "config": _shown(session, reader, caller, state.document),
-        }
-    )
-
-
-async def legacy_body(request: Request) -> LegacyUpdate:
-    """The body is JSON whatever the Content-Type says: the original README sends it with
-    `curl -d`, which labels it application/x-www-form-urlencoded."""
-    raw = await request.body()
-    try:
-        parsed = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidInput(f"the body must be JSON: {exc}") from None
-    try:
-        return LegacyUpdate.model_validate(parsed)
-    except ValidationError as exc:
-        raise InvalidInput(_validation_message(exc)) from None
-
-
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors()[:5]:
-        where = ".".join(str(p) for p in error["loc"]) or "body"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
-
-
-@legacy.post(
-    "/config/update",
-    response_model=LegacyUpdated,
-    responses=WRITE_ERRORS,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": LegacyUpdate.model_json_schema()}},
-        }
-    },
-)
-def legacy_update(
-    body: Annotated[LegacyUpdate, Depends(legacy_body)],
-    raw: RawBody,
-    request: Request,
-    session: SessionDep,
-    caller: CallerDep,
-    settings: SettingsDep,
-) -> Response:
-    """Create or replace a service's configuration (original ConfigSync)."""
-    write_access(session, caller, body.name, body.environment)
-    result = commands.replace(
-        session,
-        body.name,
-        body.environment,
-        body.config,
-        write_context(request, caller, settings, session, raw),
-        reason=body.reason,
-    )
-    what = f"{body.name}/{body.environment}"
-    message = (
-        f"config {what} saved as version {result.version}"
-        if result.changed
-        else f"config {what} unchanged at version {result.version}"
-    )
-    return json_response(
-        {
-            "status": "success",
-            "message": message,
-            "service": body.name,
-            "environment": body.environment,
-            "version": result.version,
-        }
-    )

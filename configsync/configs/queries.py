@@ -6,6 +6,7 @@ them into answers. All the SQL of the config endpoints is here or in the store a
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -61,6 +62,7 @@ class ConfigSummary:
     environment: str
     version: int
     updated_at: datetime
+    owner_id: str | None
 
 
 def list_readable(session: Session, caller: Caller) -> list[ConfigSummary]:
@@ -71,6 +73,7 @@ def list_readable(session: Session, caller: Caller) -> list[ConfigSummary]:
             ConfigCurrentRow.environment,
             ConfigCurrentRow.version,
             ConfigCurrentRow.updated_at,
+            ServiceRow.owner_id,
         )
         .join(ServiceRow, ServiceRow.name == ConfigCurrentRow.service)
         .where(ConfigCurrentRow.deleted.is_(False))
@@ -179,6 +182,29 @@ class HistoryEntry:
             promoted_from=payload.promoted_from,
             position=event.position,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class VersionState:
+    entry: HistoryEntry
+    document: Document
+    deleted: bool
+
+
+def versions(session: Session, service: str, environment: str) -> list[VersionState]:
+    """Every version with its document, newest first: one fold of the whole stream (the
+    original implementation's version list; v1 pages history and reads one version at a time)."""
+    validate_name("service", service)
+    validate_name("environment", environment)
+    document: Document = {}
+    states = []
+    for event in read_stream(session, stream_name(service, environment)):
+        if event.type != CONFIG_CHANGED:
+            continue
+        document = apply_changes(document, event.data["changes"])
+        kept = copy.deepcopy(document)  # the fold goes on changing `document` in place
+        states.append(VersionState(HistoryEntry.of(event), kept, bool(event.data.get("deleted"))))
+    return states[::-1]
 
 
 @dataclass(frozen=True, slots=True)

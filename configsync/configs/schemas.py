@@ -85,6 +85,72 @@ class LegacyUpdated(Out):
     version: int
 
 
+class LegacyListItem(Out):
+    id: str = Field(description="service/environment (the original's was a row number)")
+    name: str
+    environment: str
+    version: int
+    config: dict[str, Any]
+    updated_at: str
+    user_id: str | None = Field(description="the service's owner")
+
+
+class LegacyList(Out):
+    configs: list[LegacyListItem]
+
+
+class LegacyVersion(Out):
+    id: int = Field(description="the version number: what /config/diff and /config/rollback take")
+    service_name: str
+    version: int
+    config: dict[str, Any] | None = Field(description="secrets masked; null: deleted")
+    created_at: str
+    user_id: str | None
+    action: str
+    reason: str | None
+    rollback_of: int | None
+
+
+class LegacyVersions(Out):
+    service_name: str
+    environment: str
+    versions: list[LegacyVersion]
+
+
+class LegacyDiff(Out):
+    service: str
+    environment: str
+    version1: int
+    version2: int
+    diff: dict[str, Any] = Field(description="DeepDiff's report, as the original answered")
+    changes: list[dict[str, Any]]
+    stats: dict[str, int]
+
+
+class LegacyRolledBack(Out):
+    id: str
+    name: str
+    environment: str
+    version: int
+    config: dict[str, Any] = Field(description="secrets masked: a rollback is not a read")
+    updated_at: str
+    user_id: str | None
+    rollback_of: int
+    changed: bool
+
+
+class LegacyDeleted(Out):
+    detail: str
+    service: str
+    environment: str
+    version: int
+
+
+class LegacyHealth(Out):
+    api_status: str
+    db_status: str
+
+
 class RollbackBody(Body):
     to_version: int = Field(ge=1, description="the version whose document becomes current again")
     reason: str | None = REASON
