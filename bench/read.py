@@ -62,9 +62,15 @@ def seed(url: str) -> str:
     return key
 
 
-def serve(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+def serve(
+    args: list[str], env: dict[str, str], port: int, log: Path | None = None
+) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        args,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab") if log else subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -77,16 +83,55 @@ def serve(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen[b
 
 
 def wrk(url: str, headers: dict[str, str], duration: str) -> tuple[float, str]:
-    command = ["wrk", "-t2", "-c32", f"-d{duration}", "--latency", url]
-    for name, value in headers.items():
-        command += ["-H", f"{name}: {value}"]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    out = _wrk(url, headers, duration)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p99 = re.search(r"99%\s+(\S+)", out).group(1)  # type: ignore[union-attr]
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non_2xx:
         raise SystemExit(f"{url}: {non_2xx.group(1)} error responses\n{out}")
     return rps, p99
+
+
+def _wrk(url: str, headers: dict[str, str], duration: str) -> str:
+    command = ["wrk", "-t2", "-c32", f"-d{duration}", "--latency", url]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
+def _cpu_seconds(group: int) -> float:
+    """CPU time (user + system) of every process in a process group so far."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[2]) == group:  # pgrp
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_per_request(
+    measured: tuple[str, int, str],
+    baseline: tuple[str, int, str],
+    headers: dict[str, str],
+    duration: str,
+    rounds: int,
+) -> tuple[float, float]:
+    """Median CPU microseconds per request of two servers (URL, process group, name) under the
+    same load, alternated: steadier than req/s on a shared machine, where a neighbour's load
+    moves the rate but not what a request costs."""
+    costs: dict[str, list[float]] = {measured[2]: [], baseline[2]: []}
+    for round_ in range(rounds):
+        for url, group, name in [measured, baseline] if round_ % 2 == 0 else [baseline, measured]:
+            before = _cpu_seconds(group)
+            out = _wrk(url, headers, duration)
+            used = _cpu_seconds(group) - before
+            done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+            costs[name].append(used / done * 1e6)
+    middle = {name: sorted(v)[len(v) // 2] for name, v in costs.items()}
+    return middle[measured[2]], middle[baseline[2]]
 
 
 def _alternated(
@@ -156,13 +201,32 @@ def main() -> None:
             "CONFIGSYNC_LOG_LEVEL": "warning",
         }
         env.pop("REDIS_URL", None)
-        api_port, trivial_port, quiet_port = 18731, 18732, 18733
-        api = serve([str(exe), "serve", "--port", str(api_port), "--workers", "2"], env, api_port)
+        api_port, trivial_port, quiet_port, unlogged_port = 18731, 18732, 18733, 18734
+        # The API as deployed: its request log (a JSON line per request) written to a file.
+        request_log = Path(tmp) / "requests.log"
+        api = serve(
+            [str(exe), "serve", "--port", str(api_port), "--workers", "2"],
+            {**env, "CONFIGSYNC_LOG_LEVEL": "info"},
+            api_port,
+            log=request_log,
+        )
+        # The same API without its request log: what the log costs the hot path.
+        unlogged = serve(
+            [str(exe), "serve", "--port", str(unlogged_port), "--workers", "2"],
+            {**env, "CONFIGSYNC_LOG_LEVEL": "info", "CONFIGSYNC_ACCESS_LOG": "false"},
+            unlogged_port,
+        )
         # The same API with request and read counting off: what /metrics costs the hot path.
         quiet = serve(
             [str(exe), "serve", "--port", str(quiet_port), "--workers", "2"],
-            {**env, "CONFIGSYNC_METRICS": "false", "PROMETHEUS_MULTIPROC_DIR": ""},
+            {
+                **env,
+                "CONFIGSYNC_LOG_LEVEL": "info",
+                "CONFIGSYNC_METRICS": "false",
+                "PROMETHEUS_MULTIPROC_DIR": "",
+            },
             quiet_port,
+            log=Path(tmp) / "quiet-requests.log",
         )
         config_url = f"http://127.0.0.1:{api_port}/v1/configs/bench/prod"
         body = httpx.get(config_url, headers={"X-API-Key": key}).content
@@ -203,17 +267,32 @@ def main() -> None:
             # round by round (the machine is shared: one pair of runs differs by more than the
             # effect measured).
             quiet_url = config_url.replace(str(api_port), str(quiet_port))
+            unlogged_url = config_url.replace(str(api_port), str(unlogged_port))
             comparisons = [
                 ("GET with secrets/without", (secret_url, "with"), (config_url, "without")),
                 ("GET metrics on/off", (config_url, "on"), (quiet_url, "off")),
+                ("GET request log on/off", (config_url, "logged"), (unlogged_url, "unlogged")),
             ]
             for label, measured, baseline in comparisons:
                 middle = _alternated(measured, baseline, auth, args.duration, args.rounds)
                 print(f"ratio {label}, median of rounds: {middle:.3f} (>= 0.95)")
+            logged, unlogged_cost = _cpu_per_request(
+                (config_url, api.pid, "logged"),
+                (unlogged_url, unlogged.pid, "unlogged"),
+                auth,
+                args.duration,
+                args.rounds,
+            )
+            print(
+                f"CPU per cached GET, median of rounds: request log on {logged:.1f} us, "
+                f"off {unlogged_cost:.1f} us: {unlogged_cost / logged:.3f}"
+            )
             print(f"uncached GET latency, no secrets:   {_latency(config_url, auth)}")
             print(f"uncached GET latency, with secrets: {_latency(secret_url, auth)}")
+            with request_log.open() as lines:
+                print(f"request log: {sum(1 for _ in lines)} lines written by the logged API")
         finally:
-            for process in (api, trivial, quiet):
+            for process in (api, trivial, quiet, unlogged):
                 os.killpg(process.pid, signal.SIGTERM)
                 process.wait(timeout=20)
 

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import configsync
-from configsync import docs, exception_handlers, health
+from configsync import docs, exception_handlers, health, logs
 from configsync.audit.endpoints import router as audit_router
 from configsync.audit.log_endpoints import router as log_router
 from configsync.auth.endpoints import router as auth_router
@@ -25,6 +25,7 @@ from configsync.settings import Settings, get_settings
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.signing_key()  # refuse to start without one (production), or make one (development)
+    logs.configure(settings.log_level, settings.log_format)
     runtime = Runtime.build(settings)
 
     @asynccontextmanager
@@ -63,8 +64,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reader=runtime.reader,
         count=settings.metrics,
     )
-    # Added last, so outermost: request ids and the body limit apply to every request.
-    app.add_middleware(RequestGuard, max_body=settings.max_document_bytes + BODY_OVERHEAD)
+    # Added last, so outermost: request ids, the body limit and the request log apply to every
+    # request.
+    app.add_middleware(
+        RequestGuard,
+        max_body=settings.max_document_bytes + BODY_OVERHEAD,
+        log=runtime.access_log,
+    )
     exception_handlers.install(app, max_depth=settings.max_document_depth)
     docs.install(app)
     routers = (

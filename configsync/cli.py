@@ -448,10 +448,12 @@ def _migrate(_args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from configsync import logs
     from configsync.settings import get_settings
 
     settings = get_settings()  # fail here, with the message, rather than in every worker
     settings.signing_key()
+    logs.configure(settings.log_level, settings.log_format)
     if args.workers > 1 and not args.reload:
         _metrics_across_workers()
     uvicorn.run(
@@ -464,6 +466,7 @@ def _serve(args: argparse.Namespace) -> int:
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level.lower(),
+        log_config=None,  # configsync.logs: JSON lines, and its own request log
         access_log=False,
     )
     return 0
@@ -585,6 +588,7 @@ def _worker(args: argparse.Namespace) -> int:
             "inside the API process after every write"
         )
     app = configure(settings)
+    _worker_logs(args.loglevel, settings.log_format)
     if args.metrics_port:
         from configsync.metrics import serve_worker_metrics
         from projections.registry import status_all
@@ -608,6 +612,24 @@ def _worker(args: argparse.Namespace) -> int:
         argv += ["--beat", f"--schedule={schedule}"]
     app.worker_main(argv)
     return 0
+
+
+def _worker_logs(level: str, fmt: str) -> None:
+    """Celery leaves logging to configsync.logs (its setup_logging signal has a receiver):
+    JSON lines or text at the worker's --loglevel, its per-task lines at DEBUG only. Set up
+    before Celery starts, so its start-up warnings are lines like the others."""
+    import logging
+
+    from celery.signals import setup_logging
+
+    from configsync import logs
+
+    logs.configure(level, fmt)
+
+    @setup_logging.connect(weak=False)
+    def _configure(loglevel: Any = "INFO", **_: Any) -> None:
+        level = loglevel if isinstance(loglevel, str) else logging.getLevelName(loglevel)
+        logs.configure(level, fmt)
 
 
 def _projections_verify(_args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -10,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from configsync.errors import InvalidInput
 from configsync.http import dumps, error_body
 from configsync.hygiene import check_form_body, check_json_body, check_query
+from configsync.logs import AccessLog
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Room for the envelope around a document (reason, expected_version, whitespace).
@@ -17,22 +19,25 @@ BODY_OVERHEAD = 64 * 1024
 
 
 class RequestGuard:
-    """Raw ASGI middleware, outermost: request ids, the body limit and input hygiene.
+    """Raw ASGI middleware, outermost: request ids, the body limit, input hygiene and the
+    request log's line.
 
     Written against ASGI directly because it runs on every request, including the hot read
-    path, where it costs two substring tests. A request body (writes, logins) is read whole
-    here, refused with 413 past the limit whether or not it announced its length, checked by
-    configsync.hygiene, and handed on unchanged.
+    path, where it costs two substring tests (and, with the request log, a queue append). A
+    request body (writes, logins) is read whole here, refused with 413 past the limit whether or
+    not it announced its length, checked by configsync.hygiene, and handed on unchanged.
     """
 
-    def __init__(self, app: ASGIApp, max_body: int) -> None:
+    def __init__(self, app: ASGIApp, max_body: int, log: AccessLog | None = None) -> None:
         self.app = app
         self.max_body = max_body
+        self.log = log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        began = time.perf_counter()
         incoming = None
         length = None
         content_type = b""
@@ -44,37 +49,50 @@ class RequestGuard:
             elif name == b"content-type":
                 content_type = value
         rid = incoming if incoming and REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
         rid_header = (b"x-request-id", rid.encode())
+        status = 500
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 message["headers"] = [*message.get("headers", []), rid_header]
             await send(message)
 
+        try:
+            await self._guarded(scope, receive, send_with_id, length, content_type)
+        finally:
+            if self.log is not None:
+                self.log.note(scope, state, status, time.perf_counter() - began)
+
+    async def _guarded(
+        self, scope: Scope, receive: Receive, send: Send, length: bytes | None, content_type: bytes
+    ) -> None:
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            await self._too_large(send_with_id)
+            await self._too_large(send)
             return
         try:
             if "\x00" in scope["path"]:
                 raise InvalidInput("the path contains a NUL character (U+0000)")
             check_query(scope.get("query_string", b""))
         except InvalidInput as exc:
-            await _refuse(send_with_id, exc)
+            await _refuse(send, exc)
             return
         if scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send)
             return
         body = await self._read_body(receive)
         if body is None:
-            await self._too_large(send_with_id)
+            await self._too_large(send)
             return
         try:
             _check_body(body, content_type)
         except InvalidInput as exc:
-            await _refuse(send_with_id, exc)
+            await _refuse(send, exc)
             return
-        await self.app(scope, _replay(body, receive), send_with_id)
+        await self.app(scope, _replay(body, receive), send)
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole body, or None once it passes the limit."""

@@ -19,6 +19,7 @@ from configsync.domain.events import CONFIG_CHANGED, action_of, split_stream
 from configsync.events import StoredEvent
 from configsync.events.group import GroupCommit
 from configsync.feed import ChangeFeed, ConfigMoved, KeyRevoked, KeysDestroyed, Message
+from configsync.logs import AccessLog
 from configsync.metrics import WRITES
 from configsync.secrets.crypto import MasterKeys
 from configsync.secrets.vault import Vault
@@ -39,6 +40,7 @@ class Runtime:
     feed: ChangeFeed | None
     write_path: WritePath
     vault: Vault
+    access_log: AccessLog | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -84,6 +86,7 @@ class Runtime:
             feed=None,
             write_path=WritePath(group=group, listeners=(committed, dispatcher)),
             vault=vault,
+            access_log=AccessLog(fmt=settings.log_format) if settings.request_log else None,
         )
         if postgres:
             runtime.feed = ChangeFeed(
@@ -113,12 +116,16 @@ class Runtime:
             self.feed.start()
         if self.authenticator.usage is not None:
             self.authenticator.usage.start()
+        if self.access_log is not None:
+            self.access_log.start()
 
     def stop(self) -> None:
         if self.feed is not None:
             self.feed.stop()
         if self.authenticator.usage is not None:
             self.authenticator.usage.stop()
+        if self.access_log is not None:
+            self.access_log.stop()
         self.dispatcher.close()
         self.engine.dispose()
         if self.group is not None:

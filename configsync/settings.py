@@ -33,6 +33,9 @@ def _bare_or_prefixed(name: str) -> AliasChoices:
     return AliasChoices(name, f"CONFIGSYNC_{name}")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CONFIGSYNC_", populate_by_name=True, extra="ignore", frozen=True
@@ -78,6 +81,10 @@ class Settings(BaseSettings):
     # can kill a worker in the middle of one.
     debug_batch_delay: float = Field(0.0, ge=0)
     log_level: str = "INFO"
+    # Process logs and the request log (one line per request: request id, caller, route, status,
+    # duration) on standard error, as JSON lines or as text; the request log can be switched off.
+    log_format: Literal["json", "text"] = "json"
+    access_log: bool = True
     # The transparency log (configsync.audit.log): the name its checkpoints carry, the Ed25519
     # key that signs them (base64 of the 32-byte private seed; generated beside the database in
     # development), how often the worker signs one while the log grows, where each is appended
@@ -117,6 +124,13 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not a rate such as '10 per 5 minutes'") from None
         return value
 
+    @field_validator("log_level")
+    @classmethod
+    def _a_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"{value!r} is not a log level: one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
     @model_validator(mode="after")
     def _refuse_weak_secret_in_production(self) -> Settings:
         if self.env == "production" and not is_strong_secret(self.secret_key):
@@ -132,6 +146,11 @@ class Settings(BaseSettings):
                 "Keep it apart from the database backups: without it no secret can be read."
             )
         return self
+
+    @property
+    def request_log(self) -> bool:
+        """A line per request: when switched on and the level shows INFO lines."""
+        return self.access_log and LOG_LEVELS.index(self.log_level) <= LOG_LEVELS.index("INFO")
 
     @property
     def signup_open(self) -> bool:

@@ -40,13 +40,13 @@ class Worker:
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, *args: str, **extra: str) -> Worker:
+    def start(self, *args: str, log: Path | None = None, **extra: str) -> Worker:
         exe = Path(sys.executable).with_name("configsync")
         self.process = subprocess.Popen(
             [str(exe), "worker", "--concurrency", "1", "--loglevel", "WARNING", *args],
             env={**self.env, **extra},
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=log.open("wb") if log else subprocess.DEVNULL,
             start_new_session=True,
         )
         return self
@@ -336,3 +336,23 @@ def _answers(client: Any) -> bool:
         return bool(client.get("/metrics").status_code == 200)
     except Exception:
         return False
+
+
+def test_the_worker_logs_json_lines_and_no_line_per_task_at_info(
+    api: Api, worker: Worker, audit_file: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "worker.log"
+    worker.start("--loglevel", "INFO", log=log)
+    owner = api.person("owner@example.com")
+    writes(api, 6, owner)
+    assert eventually(lambda: exactly_once(api.engine, audit_file, 6))
+    assert worker.process is not None
+    worker.process.send_signal(signal.SIGTERM)  # as `docker stop` does: the main process only
+    worker.process.wait(timeout=30)
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    assert any(line["level"] == "INFO" for line in lines), lines  # start-up, connection
+    assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
+    per_task = [
+        line for line in lines if line["logger"] in ("celery.app.trace", "celery.worker.strategy")
+    ]
+    assert per_task == []

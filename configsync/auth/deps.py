@@ -39,10 +39,17 @@ BearerToken = Annotated[
 ApiKeyHeader = Annotated[str | None, Depends(APIKeyHeader(name="X-API-Key", auto_error=False))]
 
 
+def _noted(request: Request, caller: Caller) -> Caller:
+    """The caller, noted in the request's state for the request log (configsync.logs)."""
+    request.state.caller = caller.log_name
+    return caller
+
+
 def get_caller(
     request: Request, session: SessionDep, _token: BearerToken, _key: ApiKeyHeader
 ) -> Caller:
-    return get_authenticator(request).resolve(session, credentials(request.headers))
+    caller = get_authenticator(request).resolve(session, credentials(request.headers))
+    return _noted(request, caller)
 
 
 def get_caller_briefly(request: Request, _token: BearerToken, _key: ApiKeyHeader) -> Caller:
@@ -52,9 +59,9 @@ def get_caller_briefly(request: Request, _token: BearerToken, _key: ApiKeyHeader
     creds = credentials(request.headers)
     caller = authenticator.cached(creds)
     if caller is not None:
-        return caller
+        return _noted(request, caller)
     with unit_of_work(session_factory(request)) as session:
-        return authenticator.resolve(session, creds)
+        return _noted(request, authenticator.resolve(session, creds))
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -45,6 +45,11 @@ class Caller:
     def actor(self) -> Actor:
         return Actor(kind=self.kind, id=self.id, name=self.name)
 
+    @property
+    def log_name(self) -> str:
+        """Who, for the request log: kind and id (never a token, a key or an email)."""
+        return f"{self.kind}:{self.id}"
+
 
 def _key_covers(caller: Caller, service: str, environment: str | None) -> bool:
     return caller.service == service and (

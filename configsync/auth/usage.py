@@ -7,8 +7,6 @@ shutdown). `last_used_at` may be a few seconds late; it never moves backwards.
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 from datetime import UTC, datetime
 
@@ -16,61 +14,24 @@ from sqlalchemy import or_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from configsync.auth.models import ApiKeyRow
-from configsync.db import unit_of_work
-
-log = logging.getLogger(__name__)
+from configsync.background import Noted
 
 
-class KeyUsage:
+class KeyUsage(Noted[str, float]):
+    what = "API keys' last use"
+
     def __init__(self, sessions: sessionmaker[Session], interval: float) -> None:
-        self._sessions = sessions
-        self._interval = interval
-        self._lock = threading.Lock()
-        self._seen: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(sessions, interval, "configsync-key-usage")
 
     def seen(self, key_id: str) -> None:
-        now = time.time()
-        with self._lock:
-            self._seen[key_id] = now
+        self.note(key_id, time.time())
 
-    def flush(self) -> int:
-        """Write the noted times; returns how many keys were written."""
-        with self._lock:
-            seen, self._seen = self._seen, {}
-        if not seen:
-            return 0
-        try:
-            with unit_of_work(self._sessions) as session:
-                for key_id, at in seen.items():
-                    moment = datetime.fromtimestamp(at, UTC)
-                    session.execute(
-                        update(ApiKeyRow)
-                        .where(ApiKeyRow.id == key_id)
-                        .where(
-                            or_(ApiKeyRow.last_used_at.is_(None), ApiKeyRow.last_used_at < moment)
-                        )
-                        .values(last_used_at=moment)
-                    )
-        except Exception as exc:  # the database is away: keep the times for the next flush
-            log.warning("could not record API keys' last use (%s); will retry", exc)
-            with self._lock:
-                for key_id, at in seen.items():
-                    self._seen[key_id] = max(at, self._seen.get(key_id, 0.0))
-            return 0
-        return len(seen)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="configsync-key-usage", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self.flush()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.flush()
+    def write(self, session: Session, noted: dict[str, float]) -> None:
+        for key_id, at in noted.items():
+            moment = datetime.fromtimestamp(at, UTC)
+            session.execute(
+                update(ApiKeyRow)
+                .where(ApiKeyRow.id == key_id)
+                .where(or_(ApiKeyRow.last_used_at.is_(None), ApiKeyRow.last_used_at < moment))
+                .values(last_used_at=moment)
+            )

@@ -18,12 +18,13 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from configsync.auth.authenticator import Authenticator, credentials
+from configsync.auth.permissions import Caller
 from configsync.configs.reader import ConfigReader, Lookup
 from configsync.configs.reads import Answer, ReadRequest, decide, parse_etag
 from configsync.configs.rendering import FORMATS
 from configsync.domain.names import NAME_PATTERN
 from configsync.errors import ConfigSyncError
-from configsync.metrics import FAST_PATH
+from configsync.metrics import CONFIG_ROUTE, FAST_PATH
 
 _PATH = re.compile(r"/v1/configs/([^/]+)/([^/]+)")
 
@@ -35,8 +36,9 @@ def cached_answer(
     service: str,
     environment: str,
     fmt: str,
-) -> Answer | None:
-    """The answer to a plain GET from the caches, or None if the endpoint must give it."""
+) -> tuple[Answer, Caller] | None:
+    """The answer to a plain GET from the caches (and whom it is for), or None if the endpoint
+    must give it."""
     try:
         caller = authenticator.cached(credentials(headers))
         if caller is None:
@@ -48,7 +50,7 @@ def cached_answer(
         answer = decide(caller, Lookup.of(entry), read)
     except ConfigSyncError:
         return None  # an error to report: the endpoint words it
-    return answer if isinstance(answer, Answer) else None
+    return (answer, caller) if isinstance(answer, Answer) else None
 
 
 class _Headers(dict[str, str]):
@@ -100,7 +102,13 @@ class CachedReads:
             if len(params) != 1 or params[0][0] != "format" or params[0][1] not in FORMATS:
                 return None  # version, as_of, consistent, or anything odd: the endpoint decides
             fmt = params[0][1]
-        answer = cached_answer(
+        found = cached_answer(
             self.authenticator, self.reader, _Headers.of(scope), service, environment, fmt
         )
-        return (answer, fmt) if answer is not None else None
+        if found is None:
+            return None
+        answer, caller = found
+        state = scope.setdefault("state", {})  # for the request log (configsync.logs)
+        state["caller"] = caller.log_name
+        state["route"] = CONFIG_ROUTE
+        return answer, fmt
