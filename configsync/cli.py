@@ -144,6 +144,14 @@ def _parser() -> argparse.ArgumentParser:
     blame.add_argument("--json", action="store_true")
     blame.set_defaults(handler=_blame)
 
+    clients = commands.add_parser(
+        "clients", help="read receipts: the version each API key last fetched, and who is behind"
+    )
+    clients.add_argument("service")
+    clients.add_argument("-e", "--environment", default="default")
+    clients.add_argument("--json", action="store_true")
+    clients.set_defaults(handler=_clients)
+
     compare = commands.add_parser("compare", help="what differs between two environments")
     compare.add_argument("service")
     compare.add_argument("env_a")
@@ -290,6 +298,24 @@ def _blame(args: argparse.Namespace) -> int:
             item["action"],
             item.get("reason") or "",
         )
+    _console().print(table)
+    return 0
+
+
+def _clients(args: argparse.Namespace) -> int:
+    answer = _client().clients(args.service, args.environment)
+    if args.json:
+        _print_json(answer)
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"{args.service}/{args.environment}: version {answer['version']}")
+    for column in ("key", "prefix", "version read", "when", ""):
+        table.add_column(column)
+    for item in answer["clients"]:
+        read = "never" if item["version"] is None else str(item["version"])
+        mark = "[red]behind[/red]" if item["behind"] else "[green]current[/green]"
+        table.add_row(item["name"], item["prefix"], read, item["read_at"] or "", mark)
     _console().print(table)
     return 0
 

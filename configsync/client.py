@@ -186,6 +186,11 @@ class Client:
         answer: dict[str, Any] = self._call("GET", f"/v1/configs/{service}/{environment}/blame")
         return answer
 
+    def clients(self, service: str, environment: str) -> dict[str, Any]:
+        """Read receipts: which API keys fetched which version of the config."""
+        answer: dict[str, Any] = self._call("GET", f"/v1/configs/{service}/{environment}/clients")
+        return answer
+
     def compare(self, service: str, from_env: str, to_env: str) -> dict[str, Any]:
         answer: dict[str, Any] = self._call(
             "GET",

@@ -191,12 +191,13 @@ def upsert(
     update: list[str],
     where: Any = None,
 ) -> None:
-    """INSERT … ON CONFLICT (key) DO UPDATE SET update…; both dialects speak it."""
+    """INSERT … ON CONFLICT (key) DO UPDATE SET update…; both dialects speak it. `where` is a
+    condition, or a function of the row proposed (`excluded`) that makes one."""
     statement = _insert(session, table)
     statement = statement.on_conflict_do_update(
         index_elements=key,
         set_={name: statement.excluded[name] for name in update},
-        where=where,
+        where=where(statement.excluded) if callable(where) else where,
     )
     # Rows as parameters, not as VALUES: the statement compiles once and is cached, however
     # many rows there are (SQLAlchemy still sends them as one multi-row INSERT).

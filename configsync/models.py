@@ -7,6 +7,7 @@ def import_all_models() -> None:
     import configsync.audit.log
     import configsync.auth.models
     import configsync.configs.idempotency
+    import configsync.configs.receipts
     import configsync.events.models
     import configsync.secrets.models  # noqa: F401
     import projections.base

@@ -14,6 +14,7 @@ from configsync.auth.throttle import LoginThrottle
 from configsync.auth.usage import KeyUsage
 from configsync.configs.commands import ReadyWrite, WritePath, record
 from configsync.configs.reader import ConfigReader
+from configsync.configs.receipts import ReadReceipts
 from configsync.db import make_engine, make_session_factory
 from configsync.domain.events import CONFIG_CHANGED, action_of, split_stream
 from configsync.events import StoredEvent
@@ -52,7 +53,9 @@ class Runtime:
         )
         session_factory = make_session_factory(engine)
         vault = Vault(MasterKeys.parse(settings.master_key_text()), settings.secret_pattern_list())
-        reader = ConfigReader(session_factory, vault)
+        reader = ConfigReader(
+            session_factory, vault, ReadReceipts(session_factory, settings.key_usage_flush_seconds)
+        )
         dispatcher = Dispatcher(settings, session_factory)
         # Group commit on PostgreSQL (configsync.events.group). Not on SQLite: there a request's
         # transaction holds the database's one write lock, which the group's transaction needs.
@@ -116,6 +119,7 @@ class Runtime:
             self.feed.start()
         if self.authenticator.usage is not None:
             self.authenticator.usage.start()
+        self.reader.receipts.start()
         if self.access_log is not None:
             self.access_log.start()
 
@@ -124,6 +128,7 @@ class Runtime:
             self.feed.stop()
         if self.authenticator.usage is not None:
             self.authenticator.usage.stop()
+        self.reader.receipts.stop()
         if self.access_log is not None:
             self.access_log.stop()
         self.dispatcher.close()

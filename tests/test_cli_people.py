@@ -97,3 +97,29 @@ def test_secrets_commands_against_a_server(server: str, tmp_path: Path) -> None:
     assert httpx.get(url, headers=auth).json()["data"]["DB_PASSWORD"] == "swordfish"
     shown = cli("diff", "pay", "1", "2", "-e", "prod", env=env)
     assert "***" in shown.stdout and "swordfish" not in shown.stdout
+
+
+def test_clients_command_shows_who_is_behind(server: str, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = clean_env(CONFIGSYNC_URL=server, XDG_CONFIG_HOME=str(home))
+    httpx.post(server + "/auth/signup", json={"email": "ops@example.com", "password": PASSWORD})
+    assert cli("login", "ops@example.com", env=env, stdin=PASSWORD + "\n").returncode == 0
+    token = json.loads((home / "configsync" / "credentials.json").read_text())["access_token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    url = server + "/v1/configs/pay/prod"
+    httpx.put(url, headers=auth, json={"data": {"A": 1}})
+    made = httpx.post(
+        server + "/v1/api-keys",
+        headers=auth,
+        json={"name": "billing-api", "service": "pay", "permission": "read"},
+    ).json()
+    assert httpx.get(url, headers={"X-API-Key": made["key"]}).status_code == 200
+    httpx.put(url, headers=auth, json={"data": {"A": 2}})
+
+    listed = json.loads(cli("clients", "pay", "-e", "prod", "--json", env=env).stdout)
+    assert listed["version"] == 2
+    assert [(c["name"], c["version"], c["behind"]) for c in listed["clients"]] == [
+        ("billing-api", 1, True)
+    ]
+    table = cli("clients", "pay", "-e", "prod", env=env)
+    assert table.returncode == 0 and "billing-api" in table.stdout and "behind" in table.stdout

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from configsync.auth.deps import BriefCallerDep, CallerDep
 from configsync.auth.permissions import Caller, authorize_owner_or_admin, sees_secrets
-from configsync.configs import commands, queries
+from configsync.configs import commands, queries, receipts
 from configsync.configs.auth import (
     ConfigAccess,
     ConfigWrite,
@@ -32,9 +32,10 @@ from configsync.configs.commands import WriteContext, WriteResult
 from configsync.configs.queries import Difference
 from configsync.configs.reader import ConfigReader, Lookup, response_body
 from configsync.configs.reads import WAIT, Answer, ReadRequest, decide, parse_etag
-from configsync.configs.rendering import MEDIA_TYPES, render
+from configsync.configs.rendering import MEDIA_TYPES, RAW_MEDIA_TYPE, render
 from configsync.configs.schemas import (
     BlameOut,
+    ClientsOut,
     CompareOut,
     ConfigDelete,
     ConfigDeleted,
@@ -80,12 +81,17 @@ ReaderDep = Annotated[ConfigReader, Depends(get_reader)]
     response_model=ConfigOut,
     responses={
         200: {
-            "content": alternatives(
-                {
-                    "text/plain": "format=dotenv: KEY='value' lines",
-                    "application/yaml": "format=yaml: the document as YAML",
-                }
-            )
+            "content": {
+                **alternatives(
+                    {
+                        "text/plain": "format=dotenv: KEY='value' lines",
+                        "application/yaml": "format=yaml: the document as YAML",
+                    }
+                ),
+                RAW_MEDIA_TYPE: {
+                    "schema": {"type": "object", "description": "format=raw: the document alone"}
+                },
+            }
         },
         304: {"description": "not modified: the caller has the current version"},
     },
@@ -98,14 +104,21 @@ async def read_config(
     reader: ReaderDep,
     version: Annotated[int | None, Query(ge=1)] = None,
     as_of: Annotated[Instant | None, Query(description="ISO-8601 instant")] = None,
-    format: Annotated[str, Query(pattern="^(json|dotenv|yaml)$")] = "json",
+    format: Annotated[
+        str,
+        Query(
+            pattern="^(json|raw|dotenv|yaml)$",
+            description="json: the envelope; raw: the document alone as JSON; dotenv; yaml",
+        ),
+    ] = "json",
     consistent: bool = False,
     wait: Annotated[
         float | None,
         Query(ge=0, description="with If-None-Match: seconds to wait for a newer version"),
     ] = None,
 ) -> Response:
-    """The config: current, at a version, or as of an instant; JSON, dotenv or YAML.
+    """The config: current, at a version, or as of an instant; JSON (the envelope, or `raw`: the
+    document alone), dotenv or YAML.
 
     With `If-None-Match` and `wait`, a long poll: answers as soon as the version moves past the
     ETag, or 304 when the wait ends.
@@ -127,6 +140,7 @@ async def read_config(
         found = await _lookup(reader, read, consistent)
         answer = decide(caller, found, read)
         assert isinstance(answer, Answer)
+        reader.receipts.read(caller, service, environment, answer.version)
         return _respond(answer, format, request)
     # Registered before the first read: a write landing between that read and the wait still
     # wakes this request at once.
@@ -144,8 +158,9 @@ async def read_config(
     if answer is WAIT:
         entry = found.entry
         assert entry is not None
-        answer = Answer(304, b"", None, entry.etag)
+        answer = Answer(304, b"", None, entry.etag, entry.version)
     assert isinstance(answer, Answer)
+    reader.receipts.read(caller, service, environment, answer.version)
     return _respond(answer, format, request)
 
 
@@ -362,6 +377,34 @@ def config_history(
         for e in page.items
     ]
     return json_response({"items": items, "next_before_version": page.next_before_version})
+
+
+@router.get(CONFIG_PATH + "/clients", response_model=ClientsOut, responses=errors(403))
+def config_clients(session: SessionDep, access: HistoryRead, reader: ReaderDep) -> Response:
+    """Read receipts: each live API key that may read the config, the version it last fetched,
+    when, and whether it is behind the current version (owner, admin, auditor). A receipt may be
+    a few seconds late when another API process answered the read."""
+    state = queries.get(session, access.service, access.environment)
+    found = receipts.clients(session, access.service, access.environment, reader.receipts)
+    return json_response(
+        {
+            "service": access.service,
+            "environment": access.environment,
+            "version": state.version,
+            "clients": [
+                {
+                    "key_id": c.key_id,
+                    "name": c.name,
+                    "prefix": c.prefix,
+                    "permission": c.permission,
+                    "version": c.version,
+                    "read_at": format_instant(c.read_at) if c.read_at else None,
+                    "behind": c.version is None or c.version < state.version,
+                }
+                for c in found
+            ],
+        }
+    )
 
 
 @router.get(CONFIG_PATH + "/blame", response_model=BlameOut, responses=errors(403))

@@ -108,6 +108,7 @@ class CachedReads:
         if found is None:
             return None
         answer, caller = found
+        self.reader.receipts.read(caller, service, environment, answer.version)
         state = scope.setdefault("state", {})  # for the request log (configsync.logs)
         state["caller"] = caller.log_name
         state["route"] = CONFIG_ROUTE

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from configsync.auth.models import ServiceRow
 from configsync.cache import InvalidatingCache
+from configsync.configs.receipts import ReadReceipts
 from configsync.configs.rendering import render
 from configsync.configs.waiters import Waiters
 from configsync.domain.documents import Document
@@ -99,9 +100,12 @@ def response_body(
 
 
 class ConfigReader:
-    def __init__(self, session_factory: sessionmaker[Session], vault: Vault) -> None:
+    def __init__(
+        self, session_factory: sessionmaker[Session], vault: Vault, receipts: ReadReceipts
+    ) -> None:
         self._sessions = session_factory
         self.vault = vault
+        self.receipts = receipts
         self.cache: InvalidatingCache[Key, ConfigEntry] = InvalidatingCache()
         self.waiters = Waiters()
 

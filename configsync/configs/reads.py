@@ -35,6 +35,7 @@ class Answer:
     body: bytes
     media_type: str | None
     etag: str
+    version: int  # the config's current version: the one the caller has once answered
 
 
 class Wait:
@@ -71,6 +72,6 @@ def decide(caller: Caller, found: Lookup, read: ReadRequest) -> Answer | Wait:
     if read.wait > 0 and read.seen is not None and read.seen >= entry.version:
         return WAIT
     if read.seen == entry.version:
-        return Answer(304, b"", None, entry.etag)
+        return Answer(304, b"", None, entry.etag, entry.version)
     body = entry.rendered(read.fmt, masked=not sees_secrets(caller))
-    return Answer(200, body, MEDIA_TYPES[read.fmt], entry.etag)
+    return Answer(200, body, MEDIA_TYPES[read.fmt], entry.etag, entry.version)

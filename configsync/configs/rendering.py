@@ -26,9 +26,13 @@ from configsync.domain.documents import Document, documents_equal
 from configsync.errors import InvalidInput
 from configsync.http import dumps
 
-FORMATS = ("json", "dotenv", "yaml")
+# json: the envelope (version, updated_at, data); raw: the document alone, as JSON, under a
+# media type of its own (JSON by its +json suffix, RFC 6839) so the two never share a schema.
+FORMATS = ("json", "raw", "dotenv", "yaml")
+RAW_MEDIA_TYPE = "application/vnd.configsync.document+json"
 MEDIA_TYPES = {
     "json": "application/json",
+    "raw": RAW_MEDIA_TYPE,
     "dotenv": "text/plain; charset=utf-8",
     "yaml": "application/yaml",
 }
@@ -41,7 +45,7 @@ class NotRenderable(InvalidInput):
 
 
 def render(document: Document, fmt: str) -> bytes:
-    if fmt == "json":
+    if fmt in ("json", "raw"):
         return dumps(document)
     if fmt == "dotenv":
         return render_dotenv(document).encode("utf-8")

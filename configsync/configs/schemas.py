@@ -85,6 +85,23 @@ class LegacyUpdated(Out):
     version: int
 
 
+class ClientOut(Out):
+    key_id: str
+    name: str
+    prefix: str
+    permission: str
+    version: int | None = Field(description="the version it last fetched; null: never")
+    read_at: str | None
+    behind: bool = Field(description="it has not fetched the current version")
+
+
+class ClientsOut(Out):
+    service: str
+    environment: str
+    version: int
+    clients: list[ClientOut]
+
+
 class LegacyListItem(Out):
     id: str = Field(description="service/environment (the original's was a row number)")
     name: str
