@@ -209,13 +209,15 @@ def wait_for_http(url: str, seconds: float = 30.0) -> None:
 
 
 @contextlib.contextmanager
-def running_server(cwd: Path, env: dict[str, str], *args: str) -> Iterator[str]:
-    """`configsync serve` as a real process on a free port; yields its base URL."""
+def running_server(
+    cwd: Path, env: dict[str, str], *args: str, port: int | None = None
+) -> Iterator[str]:
+    """`configsync serve` as a real process on a free port (or `port`); yields its base URL."""
     import signal
     import subprocess
     import sys
 
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("configsync")), "serve", "--port", str(port), *args],
         cwd=cwd,
