@@ -182,13 +182,6 @@ def _headers(token: str | None, api_key: str | None) -> dict[str, str]:
     return headers
 
 
-def _last_good(cache: Path | str | bool | None, url: str) -> LastGood | None:
-    if cache is False:
-        return None
-    directory = default_cache_dir() if cache in (None, True) else Path(str(cache))
-    return LastGood(directory, url)
-
-
 def _stale_copy(
     last_good: LastGood | None, service: str, environment: str, allowed: bool, exc: ClientError
 ) -> dict[str, Any]:
@@ -231,7 +224,11 @@ def _watched(response: httpx.Response, since: int | None) -> _Step:
     return _Step(answer)
 
 
-class Client:
+class _Base:
+    """What both clients hold: the server, the credentials, the last good copies."""
+
+    transport: type[httpx.Client] | type[httpx.AsyncClient] = httpx.Client
+
     def __init__(
         self,
         url: str = DEFAULT_URL,
@@ -243,11 +240,21 @@ class Client:
     ) -> None:
         """`cache`: where the last good copies go (default: ~/.cache/configsync); False: none."""
         self.url = url.rstrip("/")
-        self.last_good = _last_good(cache, self.url)
-        self._http = httpx.Client(
+        self.last_good: LastGood | None = None
+        if cache is not False:
+            directory = default_cache_dir() if cache in (None, True) else Path(str(cache))
+            self.last_good = LastGood(directory, self.url)
+        self._http: Any = self.transport(
             base_url=self.url, headers=_headers(token, api_key), timeout=timeout
         )
 
+
+def _document(data: Any, reason: str | None, expected_version: int | None) -> dict[str, Any]:
+    """The body of a PUT or PATCH."""
+    return {"data": data, "reason": reason, "expected_version": expected_version}
+
+
+class Client(_Base):
     def close(self) -> None:
         self._http.close()
 
@@ -380,10 +387,9 @@ class Client:
     ) -> dict[str, Any]:
         """Replace the document (expected_version 0: it must not exist yet). Sent again on a
         failed connection or a 503 with the same idempotency key (made here unless given)."""
-        body = {"data": data, "reason": reason, "expected_version": expected_version}
-        answer: dict[str, Any] = self._write(
-            "PUT", _config_path(service, environment), idempotency_key, json=body
-        )
+        body = _document(data, reason, expected_version)
+        path = _config_path(service, environment)
+        answer: dict[str, Any] = self._write("PUT", path, idempotency_key, json=body)
         return answer
 
     def patch(
@@ -397,10 +403,9 @@ class Client:
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """Apply a JSON merge patch (RFC 7396): null removes a key."""
-        body = {"data": merge, "reason": reason, "expected_version": expected_version}
-        answer: dict[str, Any] = self._write(
-            "PATCH", _config_path(service, environment), idempotency_key, json=body
-        )
+        body = _document(merge, reason, expected_version)
+        path = _config_path(service, environment)
+        answer: dict[str, Any] = self._write("PATCH", path, idempotency_key, json=body)
         return answer
 
     def delete(
@@ -455,24 +460,11 @@ class Client:
         return answer
 
 
-class AsyncClient:
+class AsyncClient(_Base):
     """The client for asyncio: `get`, `put`, `patch` and `watch` (an async iterator), with the
     same last good copies, retries and typed errors as `Client`."""
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        *,
-        token: str | None = None,
-        api_key: str | None = None,
-        timeout: float = 30.0,
-        cache: Path | str | bool | None = None,
-    ) -> None:
-        self.url = url.rstrip("/")
-        self.last_good = _last_good(cache, self.url)
-        self._http = httpx.AsyncClient(
-            base_url=self.url, headers=_headers(token, api_key), timeout=timeout
-        )
+    transport = httpx.AsyncClient
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -521,10 +513,9 @@ class AsyncClient:
         expected_version: int | None = None,
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        body = {"data": data, "reason": reason, "expected_version": expected_version}
-        answer: dict[str, Any] = await self._write(
-            "PUT", _config_path(service, environment), idempotency_key, body
-        )
+        body = _document(data, reason, expected_version)
+        path = _config_path(service, environment)
+        answer: dict[str, Any] = await self._write("PUT", path, idempotency_key, body)
         return answer
 
     async def patch(
@@ -537,10 +528,9 @@ class AsyncClient:
         expected_version: int | None = None,
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        body = {"data": merge, "reason": reason, "expected_version": expected_version}
-        answer: dict[str, Any] = await self._write(
-            "PATCH", _config_path(service, environment), idempotency_key, body
-        )
+        body = _document(merge, reason, expected_version)
+        path = _config_path(service, environment)
+        answer: dict[str, Any] = await self._write("PATCH", path, idempotency_key, body)
         return answer
 
     async def watch(

@@ -247,6 +247,27 @@ def clean_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+def cli_login(
+    server: str, home: Path, email: str = "ops@example.com"
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Sign `email` up on `server` and log the command line in, its files under `home`: the
+    CLI's environment and the account's auth header."""
+    import json
+
+    import httpx
+
+    env = clean_env(
+        CONFIGSYNC_URL=server,
+        XDG_CONFIG_HOME=str(home / "config"),
+        XDG_CACHE_HOME=str(home / "cache"),
+    )
+    httpx.post(server + "/auth/signup", json={"email": email, "password": PASSWORD})
+    login = cli("login", email, env=env, stdin=PASSWORD + "\n")
+    assert login.returncode == 0, login.stderr
+    saved = json.loads((home / "config" / "configsync" / "credentials.json").read_text())
+    return env, {"Authorization": f"Bearer {saved['access_token']}"}
+
+
 def cli(*args: str, env: dict[str, str], cwd: Path | None = None, stdin: str | None = None) -> Any:
     """Run the installed `configsync` command."""
     import subprocess

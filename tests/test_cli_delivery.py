@@ -18,13 +18,7 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
-from tests.conftest import (
-    PASSWORD,
-    clean_env,
-    cli,
-    eventually,
-    running_server,
-)
+from tests.conftest import clean_env, cli, cli_login, eventually, running_server
 
 pytestmark = pytest.mark.slow
 CONFIGSYNC = str(Path(sys.executable).with_name("configsync"))
@@ -43,19 +37,6 @@ def server(tmp_path: Path, server_env: dict[str, str]) -> Iterator[str]:
         yield url
 
 
-def _login(server: str, tmp_path: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """The CLI's environment (logged in as an owner) and that owner's auth header."""
-    env = clean_env(
-        CONFIGSYNC_URL=server,
-        XDG_CONFIG_HOME=str(tmp_path / "config"),
-        XDG_CACHE_HOME=str(tmp_path / "cache"),
-    )
-    httpx.post(server + "/auth/signup", json={"email": "ops@example.com", "password": PASSWORD})
-    assert cli("login", "ops@example.com", env=env, stdin=PASSWORD + "\n").returncode == 0
-    saved = json.loads((tmp_path / "config" / "configsync" / "credentials.json").read_text())
-    return env, {"Authorization": f"Bearer {saved['access_token']}"}
-
-
 def _api_key_env(server: str, auth: dict[str, str], tmp_path: Path, service: str) -> dict[str, str]:
     made = httpx.post(
         server + "/v1/api-keys",
@@ -71,7 +52,7 @@ def _api_key_env(server: str, auth: dict[str, str], tmp_path: Path, service: str
 
 
 def test_get_set_and_edit(server: str, tmp_path: Path) -> None:
-    env, auth = _login(server, tmp_path)
+    env, auth = cli_login(server, tmp_path)
     url = server + "/v1/configs/pay/prod"
     made = cli(
         "set",
@@ -161,7 +142,7 @@ ROUND_TRIP = {
 
 @pytest.mark.parametrize("fmt", ["dotenv", "json", "yaml"])
 def test_export_then_import_round_trips(server: str, tmp_path: Path, fmt: str) -> None:
-    env, auth = _login(server, tmp_path)
+    env, auth = cli_login(server, tmp_path)
     document: dict[str, Any] = dict(ROUND_TRIP)
     if fmt != "dotenv":  # a .env holds strings only; the others keep types and nesting
         document |= {"PORT": 5432, "ON": True, "nested": {"list": [1, "two", None]}}
@@ -192,7 +173,7 @@ def test_export_then_import_round_trips(server: str, tmp_path: Path, fmt: str) -
 def test_import_reads_a_dotenv_as_python_dotenv_does_and_shows_the_diff(
     server: str, tmp_path: Path
 ) -> None:
-    env, auth = _login(server, tmp_path)
+    env, auth = cli_login(server, tmp_path)
     url = server + "/v1/configs/web/prod"
     httpx.put(url, headers=auth, json={"data": {"OLD": "x", "KEPT": "same"}}).raise_for_status()
     dotenv = tmp_path / ".env"
@@ -243,7 +224,7 @@ def _child(tmp_path: Path, body: str) -> list[str]:
 
 
 def test_run_passes_the_config_the_exit_code_and_signals(server: str, tmp_path: Path) -> None:
-    _, auth = _login(server, tmp_path)
+    _, auth = cli_login(server, tmp_path)
     url = server + "/v1/configs/job/prod"
     httpx.put(url, headers=auth, json={"data": {"GREETING": "hi", "CODE": 7, "NESTED": {"a": 1}}})
     env = {**_api_key_env(server, auth, tmp_path, "job"), "INHERITED": "yes"}
@@ -275,7 +256,7 @@ def test_run_passes_the_config_the_exit_code_and_signals(server: str, tmp_path: 
 
 
 def test_run_watch_restarts_or_signals_on_a_write(server: str, tmp_path: Path) -> None:
-    _, auth = _login(server, tmp_path)
+    _, auth = cli_login(server, tmp_path)
     url = server + "/v1/configs/svc/prod"
     httpx.put(url, headers=auth, json={"data": {"COLOUR": "red"}}).raise_for_status()
     env = _api_key_env(server, auth, tmp_path, "svc")
@@ -336,7 +317,7 @@ def test_run_falls_back_to_the_cached_copy_when_the_server_is_away(
 ) -> None:
     command = _child(tmp_path, "import os\nprint(os.environ['MODE'])\n")
     with running_server(tmp_path, server_env) as server:
-        _, auth = _login(server, tmp_path)
+        _, auth = cli_login(server, tmp_path)
         url = server + "/v1/configs/cached/prod"
         httpx.put(url, headers=auth, json={"data": {"MODE": "live"}}).raise_for_status()
         env = _api_key_env(server, auth, tmp_path, "cached")

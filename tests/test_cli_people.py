@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import PASSWORD, clean_env, cli, running_server
+from tests.conftest import PASSWORD, clean_env, cli, cli_login, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -68,12 +68,7 @@ def test_people_commands_against_a_server(server: str, tmp_path: Path) -> None:
 
 
 def test_secrets_commands_against_a_server(server: str, tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    env = clean_env(CONFIGSYNC_URL=server, XDG_CONFIG_HOME=str(home))
-    httpx.post(server + "/auth/signup", json={"email": "ops@example.com", "password": PASSWORD})
-    assert cli("login", "ops@example.com", env=env, stdin=PASSWORD + "\n").returncode == 0
-    token = json.loads((home / "configsync" / "credentials.json").read_text())["access_token"]
-    auth = {"Authorization": f"Bearer {token}"}
+    env, auth = cli_login(server, tmp_path)
     url = server + "/v1/configs/pay/prod"
     for doc in ({"DB_PASSWORD": "hunter2", "db": {"host": "a"}}, {"DB_PASSWORD": "swordfish"}):
         httpx.put(url, headers=auth, json={"data": doc})
@@ -100,12 +95,7 @@ def test_secrets_commands_against_a_server(server: str, tmp_path: Path) -> None:
 
 
 def test_clients_command_shows_who_is_behind(server: str, tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    env = clean_env(CONFIGSYNC_URL=server, XDG_CONFIG_HOME=str(home))
-    httpx.post(server + "/auth/signup", json={"email": "ops@example.com", "password": PASSWORD})
-    assert cli("login", "ops@example.com", env=env, stdin=PASSWORD + "\n").returncode == 0
-    token = json.loads((home / "configsync" / "credentials.json").read_text())["access_token"]
-    auth = {"Authorization": f"Bearer {token}"}
+    env, auth = cli_login(server, tmp_path)
     url = server + "/v1/configs/pay/prod"
     httpx.put(url, headers=auth, json={"data": {"A": 1}})
     made = httpx.post(

@@ -19,13 +19,12 @@ from sqlalchemy import Engine, text
 from configsync.auth.deps import CallerDep
 from configsync.configs import commands, queries
 from configsync.configs.auth import (
-    RawBody,
+    WriteContextDep,
     expect_existing,
     history_access,
     manage_access,
     read_access,
     write_access,
-    write_context,
 )
 from configsync.configs.endpoints import ReaderDep, shown
 from configsync.configs.schemas import (
@@ -39,7 +38,7 @@ from configsync.configs.schemas import (
     LegacyUpdated,
     LegacyVersions,
 )
-from configsync.deps import SessionDep, SettingsDep
+from configsync.deps import SessionDep
 from configsync.domain.names import DEFAULT_ENVIRONMENT
 from configsync.domain.secrets import mask
 from configsync.errors import InvalidInput, NotFound
@@ -153,21 +152,14 @@ def _validation_message(exc: ValidationError) -> str:
 )
 def legacy_update(
     body: Annotated[LegacyUpdate, Depends(legacy_body)],
-    raw: RawBody,
-    request: Request,
     session: SessionDep,
     caller: CallerDep,
-    settings: SettingsDep,
+    ctx: WriteContextDep,
 ) -> Response:
     """Create or replace a service's configuration (original ConfigSync)."""
     write_access(session, caller, body.name, body.environment)
     result = commands.replace(
-        session,
-        body.name,
-        body.environment,
-        body.config,
-        write_context(request, caller, settings, session, raw),
-        reason=body.reason,
+        session, body.name, body.environment, body.config, ctx, reason=body.reason
     )
     what = f"{body.name}/{body.environment}"
     message = (
@@ -263,11 +255,9 @@ def legacy_diff(
 @legacy.post("/config/rollback/{service}", response_model=LegacyRolledBack, responses=WRITE_ERRORS)
 def legacy_rollback(
     service: str,
-    raw: RawBody,
-    request: Request,
     session: SessionDep,
     caller: CallerDep,
-    settings: SettingsDep,
+    ctx: WriteContextDep,
     version: VersionQuery = None,
     target_version_id: VersionQuery = None,
     environment: Environment = DEFAULT_ENVIRONMENT,
@@ -277,14 +267,7 @@ def legacy_rollback(
     ConfigSync; owner or admin)."""
     to_version = _either("version", version, target_version_id)
     access = manage_access(session, caller, service, environment, "roll back")
-    result = commands.rollback(
-        session,
-        service,
-        environment,
-        to_version,
-        write_context(request, caller, settings, session, raw),
-        reason=reason,
-    )
+    result = commands.rollback(session, service, environment, to_version, ctx, reason=reason)
     return json_response(
         {
             "id": f"{service}/{environment}",
@@ -304,11 +287,9 @@ def legacy_rollback(
 @legacy.delete("/config/delete/{service}", response_model=LegacyDeleted, responses=WRITE_ERRORS)
 def legacy_delete(
     service: str,
-    raw: RawBody,
-    request: Request,
     session: SessionDep,
     caller: CallerDep,
-    settings: SettingsDep,
+    ctx: WriteContextDep,
     environment: Environment = DEFAULT_ENVIRONMENT,
     reason: Reason = None,
 ) -> Response:
@@ -316,7 +297,6 @@ def legacy_delete(
     (original ConfigSync)."""
     access = write_access(session, caller, service, environment)
     expect_existing(access, expected_version=1)
-    ctx = write_context(request, caller, settings, session, raw)
     result = commands.delete(session, service, environment, ctx, reason=reason)
     return json_response(
         {
