@@ -26,6 +26,19 @@ class ErrorOut(BaseModel):
     error: str = Field(description="the error type, such as NotFound or VersionConflict")
 
 
+def kept(data: bytes) -> bytes:
+    """Bytes to keep for long (a cache): a copy of exactly their size. orjson's output keeps the
+    buffer it was written in (about 32 KB for a 4 KB answer), which a cache of 100,000 configs
+    would pay for 100,000 times."""
+    return bytes(memoryview(data))
+
+
+def loads(data: bytes) -> Any:
+    """`dumps` undone, exactly: the standard library (orjson turns integers beyond 64 bits into
+    floats without a word)."""
+    return json.loads(data)
+
+
 def dumps(value: Any) -> bytes:
     """JSON bytes, fast: orjson, or the standard library for integers beyond 64 bits."""
     try:

@@ -54,7 +54,10 @@ class Runtime:
         session_factory = make_session_factory(engine)
         vault = Vault(MasterKeys.parse(settings.master_key_text()), settings.secret_pattern_list())
         reader = ConfigReader(
-            session_factory, vault, ReadReceipts(session_factory, settings.key_usage_flush_seconds)
+            session_factory,
+            vault,
+            ReadReceipts(session_factory, settings.key_usage_flush_seconds),
+            max_bytes=settings.cache_max_bytes,
         )
         dispatcher = Dispatcher(settings, session_factory)
         # Group commit on PostgreSQL (configsync.events.group). Not on SQLite: there a request's
@@ -110,9 +113,12 @@ class Runtime:
             self.vault.forget(message.key_ids)
 
     def trust_caches(self, enabled: bool) -> None:
-        """Caches are used only while the change feed can tell them what changed."""
+        """Caches are used only while the change feed can tell them what changed. Long polls
+        are woken either way: after a reconnect a change may have gone unheard, and without
+        the feed they must go back to looking every few seconds."""
         self.reader.cache.switch(enabled)
         self.authenticator.keys.switch(enabled)
+        self.reader.waiters.wake_all()
 
     def start(self) -> None:
         if self.feed is not None:

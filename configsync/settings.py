@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     signup: Literal["open", "closed"] = "open"
     # How often each API process writes when its API keys were last used (GET /v1/api-keys).
     key_usage_flush_seconds: float = Field(5.0, gt=0)
+    # Each API process's cache of current configs, in bytes (about 2.5 KB beyond each answer's
+    # size per config); past it the least recently read configs are evicted, one at a time.
+    cache_max_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
     secret_patterns: str = "*PASSWORD*,*SECRET*,*TOKEN*,*_KEY,*PRIVATE*,*CREDENTIAL*"
 
     @field_validator("login_failures_per_account", "login_failures_per_address")

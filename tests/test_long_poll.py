@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from tests.conftest import Api, make_api
+from tests.conftest import Api, eventually, make_api
 
 URL = "/v1/configs/pay/prod"
 
@@ -149,3 +149,82 @@ def test_a_write_wakes_an_embedded_long_poll_without_waiting_for_a_timer(
     _wakes_soon_after_the_commit(sqlite_api, sqlite_api, owner)
     response, took = _timed_get(sqlite_api, URL + "?wait=2", {**owner, "If-None-Match": '"2"'})
     assert response.status_code == 304 and 1.9 < took < 3.5
+
+
+def _count_loads(api: Api) -> list[tuple[str, str]]:
+    """Every database read of a current config the reader makes from now on."""
+    reader = api.app.state.runtime.reader
+    calls: list[tuple[str, str]] = []
+    load = reader.load
+
+    def counted(service: str, environment: str) -> Any:
+        calls.append((service, environment))
+        return load(service, environment)
+
+    reader.load = counted
+    return calls
+
+
+def _polls(
+    api: Api, headers: dict[str, str], count: int, wait: float
+) -> tuple[list[Any], list[threading.Thread]]:
+    """`count` long polls at once, each in its own thread; their answers, once all are in."""
+    answers: list[Any] = []
+
+    def poll() -> None:
+        answers.append(api.get(URL + f"?wait={wait}", headers=headers))
+
+    threads = [threading.Thread(target=poll) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    return answers, threads
+
+
+def test_the_waiters_of_a_config_share_one_read_when_woken(pg_api: Api) -> None:
+    owner = pg_api.person("owner@example.com")
+    pg_api.put(URL, headers=owner, json={"data": {"A": 1}})
+    key = {"X-API-Key": pg_api.key(owner, "pay")}
+    _warm(pg_api, key)
+    waiters = pg_api.app.state.runtime.reader.waiters
+    loads = _count_loads(pg_api)
+    answers, threads = _polls(pg_api, {**key, "If-None-Match": '"1"'}, 12, 20)
+    assert eventually(lambda: sum(len(w) for w in waiters._waiting.values()) == 12, 10)
+    assert loads == []  # the warm cache answered their first look
+    assert pg_api.put(URL, headers=owner, json={"data": {"A": 2}}).status_code == 200
+    for thread in threads:
+        thread.join(30)
+    assert [a.status_code for a in answers] == [200] * 12
+    assert {a.json()["version"] for a in answers} == {2}
+    assert loads == [("pay", "prod")]  # one read for the twelve
+
+
+def test_idle_waiters_do_no_database_work(pg_api: Api) -> None:
+    owner = pg_api.person("owner@example.com")
+    pg_api.put(URL, headers=owner, json={"data": {"A": 1}})
+    key = {"X-API-Key": pg_api.key(owner, "pay")}
+    _warm(pg_api, key)
+    loads = _count_loads(pg_api)
+    answers, threads = _polls(pg_api, {**key, "If-None-Match": '"1"'}, 5, 5)
+    for thread in threads:
+        thread.join(30)
+    assert [a.status_code for a in answers] == [304] * 5
+    assert loads == []  # five waiters, five seconds: not one read (before: one each per 2 s)
+
+
+def test_a_feed_that_reconnects_wakes_every_waiter(pg_api: Api, other_process: Api) -> None:
+    owner = pg_api.person("owner@example.com")
+    pg_api.put(URL, headers=owner, json={"data": {"A": 1}})
+    key = {"X-API-Key": pg_api.key(owner, "pay")}
+    _warm(pg_api, key)
+    runtime = pg_api.app.state.runtime
+    answers, threads = _polls(pg_api, {**key, "If-None-Match": '"1"'}, 3, 20)
+    waiters = runtime.reader.waiters
+    assert eventually(lambda: sum(len(w) for w in waiters._waiting.values()) == 3, 10)
+    runtime.reader.changed = lambda _message: None  # the change's message is lost on the way
+    assert other_process.put(URL, headers=owner, json={"data": {"A": 2}}).status_code == 200
+    time.sleep(1.0)
+    assert all(thread.is_alive() for thread in threads)  # nobody heard of it, nobody polls
+    runtime.trust_caches(True)  # the feed reconnected: every waiter looks again
+    for thread in threads:
+        thread.join(10)
+    assert [a.status_code for a in answers] == [200] * 3

@@ -150,10 +150,16 @@ async def read_config(
         loop = asyncio.get_running_loop()
         deadline = loop.time() + read.wait
         while answer is WAIT and (remaining := deadline - loop.time()) > 0:
-            await watch.wait(min(remaining, LONG_POLL_RECHECK_SECONDS))
+            # While the change feed is connected (the cache is trusted) every change wakes the
+            # waiter: nothing to do until then. Without it (SQLite; the feed down) it looks
+            # again every few seconds, for writes of other processes.
+            trusted = reader.cache.enabled
+            woken = await watch.wait(remaining if trusted else min(remaining, RECHECK_SECONDS))
             if await request.is_disconnected():
                 break
-            found = await run_in_threadpool(reader.load, service, environment)
+            if not woken and trusted:
+                continue  # the deadline (or the feed dropped: the loop re-times the wait)
+            found = await reader.refresh(service, environment)
             answer = decide(caller, found, read)
     if answer is WAIT:
         entry = found.entry
@@ -164,8 +170,8 @@ async def read_config(
     return _respond(answer, format, request)
 
 
-# How often a long poll reads the database again even if nothing woke it (a missed message).
-LONG_POLL_RECHECK_SECONDS = 2.0
+# How often a long poll reads the database again when no change feed can wake it.
+RECHECK_SECONDS = 2.0
 
 
 async def _lookup(reader: ConfigReader, read: ReadRequest, consistent: bool) -> Lookup:

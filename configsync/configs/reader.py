@@ -7,11 +7,14 @@ seen a newer version than the entry: that read goes to the database.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from configsync.auth.models import ServiceRow
 from configsync.cache import InvalidatingCache
@@ -19,26 +22,35 @@ from configsync.configs.receipts import ReadReceipts
 from configsync.configs.rendering import render
 from configsync.configs.waiters import Waiters
 from configsync.domain.documents import Document
-from configsync.domain.secrets import mask
+from configsync.domain.secrets import envelopes, mask
 from configsync.events import format_instant
 from configsync.feed import ConfigMoved
-from configsync.http import dumps
+from configsync.http import dumps, kept, loads
 from configsync.secrets.vault import Vault
 from projections import current
 
 Key = tuple[str, str]
 
 
+# What an entry costs beyond its bytes (the object, its strings, the cache's key and slot),
+# rounded up from tracemalloc on 4 KB documents (tests/test_cache.py; bench/read_many.py
+# reports the resident memory).
+ENTRY_OVERHEAD = 2_500
+
+
 @dataclass(frozen=True, slots=True)
 class ConfigEntry:
+    """A current config as the cache keeps it: the JSON answer ready to send, and the stored
+    form (secret values sealed) only when it differs; documents are parsed from those bytes
+    when another format is first asked for, so an entry costs about its answer's size."""
+
     service: str
     environment: str
     version: int
     deleted: bool
     owner_id: str | None
-    document: Document  # plaintext: secret values opened
-    body: bytes  # the JSON answer to GET, ready to send
-    stored: Document = field(default_factory=dict)  # secret values sealed
+    body: bytes  # the JSON answer to GET, ready to send (secret values opened)
+    stored_json: bytes | None = None  # the document as stored, when it holds sealed secrets
     updated_at: datetime | None = None
     updated_by: dict[str, Any] = field(default_factory=dict)
     renders: dict[str, bytes] = field(default_factory=dict, compare=False)
@@ -48,6 +60,22 @@ class ConfigEntry:
     def etag(self) -> str:
         return f'"{self.version}"'
 
+    @property
+    def document(self) -> Document:
+        """Plaintext: secret values opened."""
+        found: Document = loads(self.body)["data"]
+        return found
+
+    @property
+    def stored(self) -> Document:
+        """As stored: secret values sealed."""
+        return loads(self.stored_json) if self.stored_json is not None else self.document
+
+    @property
+    def nbytes(self) -> int:
+        """About what the entry holds in memory (for the cache's bound)."""
+        return len(self.body) + len(self.stored_json or b"") + ENTRY_OVERHEAD
+
     def rendered(self, fmt: str, *, masked: bool = False) -> bytes:
         if masked:
             return self._masked(fmt)
@@ -55,7 +83,7 @@ class ConfigEntry:
             return self.body
         out = self.renders.get(fmt)
         if out is None:
-            out = self.renders[fmt] = render(self.document, fmt)
+            out = self.renders[fmt] = kept(render(self.document, fmt))
         return out
 
     def _masked(self, fmt: str) -> bytes:
@@ -67,7 +95,7 @@ class ConfigEntry:
                 out = dumps(response_body(self, {"data": document}))
             else:
                 out = render(document, fmt)
-            self.masked_renders[fmt] = out
+            self.masked_renders[fmt] = out = kept(out)
         return out
 
 
@@ -101,13 +129,25 @@ def response_body(
 
 class ConfigReader:
     def __init__(
-        self, session_factory: sessionmaker[Session], vault: Vault, receipts: ReadReceipts
+        self,
+        session_factory: sessionmaker[Session],
+        vault: Vault,
+        receipts: ReadReceipts,
+        max_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self._sessions = session_factory
         self.vault = vault
         self.receipts = receipts
-        self.cache: InvalidatingCache[Key, ConfigEntry] = InvalidatingCache()
+        self.cache: InvalidatingCache[Key, ConfigEntry] = InvalidatingCache(
+            max_size=max_bytes, size=lambda entry: entry.nbytes
+        )
         self.waiters = Waiters()
+        # Loads in flight for woken long polls, by key: (the cache generation they began
+        # under, the load). Touched on the event loop only.
+        self._refreshing: dict[Key, tuple[int, asyncio.Future[Lookup]]] = {}
+        # The latest version this process heard each config moved to.
+        self._heard: dict[Key, int] = {}
+        self._heard_lock = threading.Lock()
 
     def session(self) -> Session:
         """A session of the reader's own, for reads made outside a request's unit of work."""
@@ -128,23 +168,49 @@ class ConfigReader:
                 return Lookup(True, owner.owner_id, None)
             document = self.vault.open(session, state.document)
         body = response_body(state, {"data": document})
+        sealed = any(True for _ in envelopes(state.document))
         entry = ConfigEntry(
             service=service,
             environment=environment,
             version=state.version,
             deleted=state.deleted,
             owner_id=owner.owner_id,
-            document=document,
-            body=dumps(body),
-            stored=state.document,
+            body=kept(dumps(body)),
+            stored_json=kept(dumps(state.document)) if sealed else None,
             updated_at=state.updated_at,
             updated_by=state.updated_by,
         )
         self.cache.fill((service, environment), entry, generation)
         return Lookup(True, owner.owner_id, entry)
 
+    async def refresh(self, service: str, environment: str) -> Lookup:
+        """The config from the database, for long polls woken by a change: one read for all the
+        waiters of a key in this process. A waiter joins a read already under way only if that
+        read began after the last change this process heard of (the generation), so nobody is
+        handed what was current before the change that woke it."""
+        key = (service, environment)
+        generation = self.cache.generation
+        found = self._refreshing.get(key)
+        if found is None or found[0] < generation:
+            future = asyncio.ensure_future(run_in_threadpool(self.load, service, environment))
+            self._refreshing[key] = (generation, future)
+
+            def done(_: asyncio.Future[Lookup], key: Key = key) -> None:
+                if self._refreshing.get(key, (0, None))[1] is future:
+                    del self._refreshing[key]
+
+            future.add_done_callback(done)
+            found = (generation, future)
+        return await asyncio.shield(found[1])
+
     def changed(self, message: ConfigMoved) -> None:
-        """A config moved (this process's write, or another's through the change feed)."""
+        """A config moved (this process's write, or another's through the change feed). The
+        writing process hears of its own write twice (at commit, then from the feed): the
+        second time changes nothing, and does not wake its long polls for a second read."""
         key = (message.service, message.environment)
+        with self._heard_lock:
+            if self._heard.get(key, 0) >= message.version:
+                return
+            self._heard[key] = message.version
         self.cache.invalidate(key)
         self.waiters.wake(key)

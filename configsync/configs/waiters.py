@@ -1,9 +1,10 @@
 """Long polls: requests waiting for a config to move past the version they have.
 
 A waiter is woken when this process learns the config changed: from its own commits at once
-(the write path's listeners), from other processes through the change feed. It then reads the
-database again; it also does so every few seconds in case a message was missed (on SQLite,
-which has no feed, only writes of this process wake it).
+(the write path's listeners), from other processes through the change feed. The waiters of a
+key then share one read of the database (ConfigReader.refresh). While the feed is connected an
+idle waiter costs nothing; without it (SQLite, or the feed down) a waiter also looks every few
+seconds, for writes of other processes. A feed that connects or drops wakes every waiter.
 
 A waiter registers *before* it reads the version it compares with: a write that lands between
 that read and the wait then still wakes it, instead of being noticed only at the next re-check.
@@ -83,5 +84,12 @@ class Waiters:
         """Thread-safe: called from request threads and the change-feed thread."""
         with self._lock:
             watches = list(self._waiting.get(key, ()))
+        for watch in watches:
+            watch.wake()
+
+    def wake_all(self) -> None:
+        """Every waiter, whatever its key (the change feed connected or dropped)."""
+        with self._lock:
+            watches = [watch for group in self._waiting.values() for watch in group]
         for watch in watches:
             watch.wake()

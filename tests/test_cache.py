@@ -1,0 +1,106 @@
+"""The per-process cache: bounded by size, least recently used out first, never emptied at once;
+and the config cache's entries cost about their answer's size."""
+
+from __future__ import annotations
+
+import tracemalloc
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from configsync.cache import InvalidatingCache
+from tests.conftest import Api
+
+URL = "/v1/configs/{}/prod"
+
+
+def test_past_its_bound_the_least_recently_used_go_one_at_a_time() -> None:
+    cache: InvalidatingCache[str, bytes] = InvalidatingCache(enabled=True, max_size=100, size=len)
+    for name in "abcd":
+        cache.fill(name, b"x" * 25, cache.generation)
+    assert len(cache) == 4 and cache.size == 100
+    assert cache.get("a") == b"x" * 25  # a is now the most recently used
+    cache.fill("e", b"y" * 30, cache.generation)
+    # b and c (the least recently used) made room; a, d and e stay: not everything went.
+    assert [k for k in "abcde" if cache.get(k) is not None] == ["a", "d", "e"]
+    assert cache.size == 80 and cache.evictions == 2
+    cache.fill("d", b"z" * 5, cache.generation)  # a refill replaces, and its size with it
+    assert cache.size == 60
+    cache.invalidate("a")
+    assert cache.get("a") is None and cache.size == 35
+
+
+def test_an_entry_larger_than_the_bound_is_kept_alone_rather_than_looping() -> None:
+    cache: InvalidatingCache[str, bytes] = InvalidatingCache(enabled=True, max_size=10, size=len)
+    cache.fill("small", b"1", cache.generation)
+    cache.fill("huge", b"2" * 50, cache.generation)
+    assert cache.get("huge") == b"2" * 50 and cache.get("small") is None
+
+
+def test_a_fill_read_before_an_invalidation_is_discarded() -> None:
+    cache: InvalidatingCache[str, int] = InvalidatingCache(enabled=True)
+    generation = cache.generation
+    cache.invalidate("k")  # a write landed while the fill was reading
+    cache.fill("k", 1, generation)
+    assert cache.get("k") is None and len(cache) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("fgi"), st.sampled_from("abcdefgh"), st.integers(1, 40)),
+        max_size=60,
+    )
+)
+def test_the_size_is_always_the_sum_of_what_is_held_and_within_the_bound(
+    operations: list[tuple[str, str, int]],
+) -> None:
+    cache: InvalidatingCache[str, bytes] = InvalidatingCache(enabled=True, max_size=100, size=len)
+    model: dict[str, bytes] = {}
+    for op, key, n in operations:
+        if op == "f":
+            cache.fill(key, b"v" * n, cache.generation)
+            model[key] = b"v" * n
+        elif op == "g":
+            found = cache.get(key)
+            assert found is None or found == model.get(key)
+        else:
+            cache.invalidate(key)
+            model.pop(key, None)
+        held = {k: v for k in "abcdefgh" if (v := cache._entries.get(k, (None, 0))[0]) is not None}
+        assert cache.size == sum(len(v) for v in held.values())
+        assert cache.size <= 100 or len(held) == 1
+        assert all(model[k] == v for k, v in held.items())
+
+
+def test_config_entries_cost_about_their_answer(pg_api: Api) -> None:
+    api = pg_api
+    owner = api.person("owner@example.com")
+    document = {f"KEY_{i:03d}": "v" * 30 for i in range(100)}  # about 4 KB
+    count = 60
+    for i in range(count):
+        assert api.put(URL.format(f"s{i}"), headers=owner, json={"data": document}).status_code
+    key = {"X-API-Key": api.key(owner, "s0")}
+    reader = api.app.state.runtime.reader
+    for i in range(count):  # once, so that what the first loads make (statement caches) is made
+        reader.load(f"s{i}", "prod")
+    reader.cache.clear()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for i in range(count):
+        reader.load(f"s{i}", "prod")
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    growth = after.compare_to(before, "filename")
+    held = sum(stat.size_diff for stat in growth)
+    entry: Any = reader.cached("s0", "prod")
+    assert entry is not None and len(reader.cache) == count
+    per_config = held / count
+    # The answer's bytes and little else. Before: the parsed document beside them, and orjson's
+    # 32 KB buffer under each answer's 4 KB, cost about 8x.
+    assert per_config < 1.6 * len(entry.body), (per_config, len(entry.body))
+    assert per_config < entry.nbytes  # what the cache counts is not an underestimate
+    assert reader.cache.size == sum(reader.cached(f"s{i}", "prod").nbytes for i in range(count))
+    assert api.get(URL.format("s0"), headers=key).json()["data"] == document
+    assert api.get(URL.format("s0"), headers=key, params={"format": "dotenv"}).status_code == 200
