@@ -35,7 +35,7 @@ class InvalidatingCache(Generic[K, V]):
     ) -> None:
         self._entries: OrderedDict[K, tuple[V, int]] = OrderedDict()
         self._lock = threading.Lock()
-        self._max_size = max_size
+        self.max_size = max_size
         self._size = size
         self.size = 0  # the sizes of the entries held, summed
         self.evictions = 0
@@ -67,7 +67,7 @@ class InvalidatingCache(Generic[K, V]):
             self._drop(key)
             self._entries[key] = (value, size)
             self.size += size
-            while self.size > self._max_size and len(self._entries) > 1:
+            while self.size > self.max_size and len(self._entries) > 1:
                 _, (_, dropped) = self._entries.popitem(last=False)
                 self.size -= dropped
                 self.evictions += 1

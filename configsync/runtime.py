@@ -4,6 +4,9 @@ the write path's listeners (task dispatch, this process's cache and long polls).
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -26,6 +29,8 @@ from configsync.secrets.crypto import MasterKeys
 from configsync.secrets.vault import Vault
 from configsync.settings import Settings
 from configsync.tasks import Dispatcher
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -119,6 +124,17 @@ class Runtime:
         self.reader.cache.switch(enabled)
         self.authenticator.keys.switch(enabled)
         self.reader.waiters.wake_all()
+        if enabled and self.settings.cache_warm:
+            threading.Thread(target=self._warm, name="configsync-cache-warm", daemon=True).start()
+
+    def _warm(self) -> None:
+        began = time.monotonic()
+        try:
+            count = self.reader.warm()
+        except Exception as exc:  # a cold cache fills itself on demand: say so, go on
+            log.warning("could not warm the config cache (%s); it fills as configs are read", exc)
+            return
+        log.info("config cache warmed: %d configs in %.1f s", count, time.monotonic() - began)
 
     def start(self) -> None:
         if self.feed is not None:

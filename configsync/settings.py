@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     # Each API process's cache of current configs, in bytes (about 2.5 KB beyond each answer's
     # size per config); past it the least recently read configs are evicted, one at a time.
     cache_max_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
+    # Fill that cache with the current configs when the change feed connects (at start and
+    # after a reconnect), in the background, rather than one database read per first request.
+    cache_warm: bool = True
     secret_patterns: str = "*PASSWORD*,*SECRET*,*TOKEN*,*_KEY,*PRIVATE*,*CREDENTIAL*"
 
     @field_validator("login_failures_per_account", "login_failures_per_address")

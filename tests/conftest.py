@@ -442,6 +442,9 @@ def make_api(
     settings.setdefault("checkpoint_log", f"{logs}/checkpoints.log")
     settings.setdefault("log_signing_key", LOG_KEY)
     settings.setdefault("master_keys", MASTER_KEY)
+    # Tests count cache hits and database reads: the background warm-up would race them. It
+    # has tests of its own (tests/test_cache.py).
+    settings.setdefault("cache_warm", False)
     app = create_app(Settings(database_url=url, secret_key=TEST_SECRET, **settings))
     try:
         with TestClient(app) as client:

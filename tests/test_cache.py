@@ -104,3 +104,59 @@ def test_config_entries_cost_about_their_answer(pg_api: Api) -> None:
     assert reader.cache.size == sum(reader.cached(f"s{i}", "prod").nbytes for i in range(count))
     assert api.get(URL.format("s0"), headers=key).json()["data"] == document
     assert api.get(URL.format("s0"), headers=key, params={"format": "dotenv"}).status_code == 200
+
+
+def test_a_process_warms_its_cache_when_the_feed_connects(pg: Any, pg_url: str) -> None:
+    from tests.conftest import eventually, make_api
+
+    seeding = make_api(pg_url, pg)
+    api = next(seeding)
+    owner = api.person("owner@example.com")
+    for i in range(30):
+        api.put(URL.format(f"s{i}"), headers=owner, json={"data": {"N": i, "DB_PASSWORD": "pw"}})
+    api.delete(URL.format("s29"), headers=owner)
+    seeding.close()
+
+    warmed = make_api(pg_url, pg, cache_warm=True)
+    fresh = next(warmed)
+    try:
+        reader = fresh.app.state.runtime.reader
+        assert eventually(lambda: len(reader.cache) == 29, 20)  # every live config, not s29
+        entry = reader.cached("s7", "prod")
+        assert entry.document == {"N": 7, "DB_PASSWORD": "pw"}  # secrets opened, as a load does
+        assert entry.stored["DB_PASSWORD"] != "pw"  # and the sealed form kept for auditors
+        loads = []
+        load = reader.load
+        reader.load = lambda s, e: loads.append((s, e)) or load(s, e)
+        key = {"X-API-Key": fresh.key(owner, "s3")}
+        assert fresh.get(URL.format("s3"), headers=key).json()["data"]["N"] == 3
+        assert loads == []  # answered from the warm cache: no database read
+    finally:
+        warmed.close()
+
+
+def test_warming_stops_at_the_bound_and_keeps_no_batch_a_change_overtook(pg_api: Api) -> None:
+    api = pg_api
+    owner = api.person("owner@example.com")
+    for i in range(12):
+        api.put(URL.format(f"s{i:02d}"), headers=owner, json={"data": {"N": i}})
+    reader = api.app.state.runtime.reader
+    entry_size = reader.load("s00", "prod").entry.nbytes
+    reader.cache.clear()
+    reader.cache.max_size = entry_size * 5
+    assert reader.warm(batch=2) >= 5
+    assert len(reader.cache) <= 6 and reader.cache.size <= entry_size * 6
+
+    reader.cache.clear()
+    reader.cache.max_size = 10**9
+    generation_moves = reader.cache.invalidate  # a write lands while each batch is read
+    original = reader._entry
+
+    def entry_then_a_write(*args: Any) -> Any:
+        made = original(*args)
+        generation_moves(("elsewhere", "prod"))
+        return made
+
+    reader._entry = entry_then_a_write
+    reader.warm(batch=4)
+    assert len(reader.cache) == 0  # every batch was overtaken: none kept

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -28,6 +29,7 @@ from configsync.feed import ConfigMoved
 from configsync.http import dumps, kept, loads
 from configsync.secrets.vault import Vault
 from projections import current
+from projections.current import ConfigCurrentRow
 
 Key = tuple[str, str]
 
@@ -166,22 +168,58 @@ class ConfigReader:
                 return Lookup(False, None, None)
             if state is None:
                 return Lookup(True, owner.owner_id, None)
-            document = self.vault.open(session, state.document)
+            entry = self._entry(session, state, owner.owner_id)
+        self.cache.fill((service, environment), entry, generation)
+        return Lookup(True, owner.owner_id, entry)
+
+    def _entry(
+        self, session: Session, state: current.CurrentConfig, owner_id: str | None
+    ) -> ConfigEntry:
+        document = self.vault.open(session, state.document)
         body = response_body(state, {"data": document})
         sealed = any(True for _ in envelopes(state.document))
-        entry = ConfigEntry(
-            service=service,
-            environment=environment,
+        return ConfigEntry(
+            service=state.service,
+            environment=state.environment,
             version=state.version,
             deleted=state.deleted,
-            owner_id=owner.owner_id,
+            owner_id=owner_id,
             body=kept(dumps(body)),
             stored_json=kept(dumps(state.document)) if sealed else None,
             updated_at=state.updated_at,
             updated_by=state.updated_by,
         )
-        self.cache.fill((service, environment), entry, generation)
-        return Lookup(True, owner.owner_id, entry)
+
+    def warm(self, batch: int = 500) -> int:
+        """Fill the cache with the current configs, a batch at a time, until its bound: a
+        process that starts (or whose change feed reconnects) then serves from memory at once
+        instead of reading each config on its first request. A batch read while a change came
+        is not kept (the cache's generation moved); returns how many entries were kept."""
+        kept_count = 0
+        after: tuple[str, str] = ("", "")
+        while self.cache.enabled and self.cache.size < self.cache.max_size:
+            generation = self.cache.generation
+            with self._sessions() as session:
+                rows = session.execute(
+                    select(ConfigCurrentRow, ServiceRow.owner_id)
+                    .join(ServiceRow, ServiceRow.name == ConfigCurrentRow.service)
+                    .where(tuple_(ConfigCurrentRow.service, ConfigCurrentRow.environment) > after)
+                    .where(ConfigCurrentRow.deleted.is_(False))
+                    .order_by(ConfigCurrentRow.service, ConfigCurrentRow.environment)
+                    .limit(batch)
+                ).all()
+                entries = [
+                    self._entry(session, current.CurrentConfig.from_row(row), owner_id)
+                    for row, owner_id in rows
+                ]
+            if not entries:
+                break
+            after = (entries[-1].service, entries[-1].environment)
+            for entry in entries:
+                if self.cache.get((entry.service, entry.environment)) is None:
+                    self.cache.fill((entry.service, entry.environment), entry, generation)
+                    kept_count += 1
+        return kept_count
 
     async def refresh(self, service: str, environment: str) -> Lookup:
         """The config from the database, for long polls woken by a change: one read for all the
