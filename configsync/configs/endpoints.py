@@ -155,12 +155,14 @@ async def read_config(
             # again every few seconds, for writes of other processes.
             trusted = reader.cache.enabled
             woken = await watch.wait(remaining if trusted else min(remaining, RECHECK_SECONDS))
-            if await request.is_disconnected():
-                break
             if not woken and trusted:
                 continue  # the deadline (or the feed dropped: the loop re-times the wait)
             found = await reader.refresh(service, environment)
             answer = decide(caller, found, read)
+            # Whether the client left matters only to a waiter that goes on waiting (the check
+            # costs more than the answer, times every waiter a write wakes).
+            if answer is WAIT and await request.is_disconnected():
+                break
     if answer is WAIT:
         entry = found.entry
         assert entry is not None
