@@ -62,6 +62,22 @@ def seed(url: str) -> str:
     return key
 
 
+def server_env(url: str, **settings: str) -> dict[str, str]:
+    """The environment a benchmarked server runs in: production mode on `url`, embedded tasks
+    (no broker), quiet logs unless `settings` say otherwise."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "SECRET_KEY": SECRET,
+        "CONFIGSYNC_ENV": "production",
+        "CONFIGSYNC_MASTER_KEYS": MASTER_KEY,
+        "CONFIGSYNC_LOG_LEVEL": "warning",
+        **settings,
+    }
+    env.pop("REDIS_URL", None)
+    return env
+
+
 def serve(
     args: list[str], env: dict[str, str], port: int, log: Path | None = None
 ) -> subprocess.Popen[bytes]:
@@ -192,15 +208,7 @@ def main() -> None:
     ]
     with fresh_database() as url, tempfile.TemporaryDirectory() as tmp:
         key = seed(url)
-        env = {
-            **os.environ,
-            "DATABASE_URL": url,
-            "SECRET_KEY": SECRET,
-            "CONFIGSYNC_ENV": "production",
-            "CONFIGSYNC_MASTER_KEYS": MASTER_KEY,
-            "CONFIGSYNC_LOG_LEVEL": "warning",
-        }
-        env.pop("REDIS_URL", None)
+        env = server_env(url)
         api_port, trivial_port, quiet_port, unlogged_port = 18731, 18732, 18733, 18734
         # The API as deployed: its request log (a JSON line per request) written to a file.
         request_log = Path(tmp) / "requests.log"

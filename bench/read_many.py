@@ -1,7 +1,8 @@
 """Reads spread over many configs: is the cache as good at 100,000 configs as at one?
 
-Seeds N configs of ~4 KB, starts `configsync serve --workers 2`, warms every worker's cache by
-reading each config in turn, then measures with wrk, in one run: GETs of one config, then GETs
+Seeds N configs of ~4 KB, starts `configsync serve --workers 2` (which warms its caches in the
+background), reads every config in turn until the rate says the caches are warm, then measures
+with wrk, in one run: GETs of one config, then GETs
 spread uniformly at random over all N (a Lua script picks the path). Prints both rates, their
 ratio (target >= 0.8), the cache's memory per config (resident memory of the workers, before
 and after the warm-up) and what the cache holds.
@@ -25,8 +26,8 @@ import httpx
 from sqlalchemy import insert
 from sqlalchemy.orm import sessionmaker
 
-from bench._common import MASTER_KEY, document, fresh_database
-from bench.read import SECRET, serve
+from bench._common import document, fresh_database
+from bench.read import serve, server_env
 from configsync.auth.models import ServiceRow
 from configsync.db import make_engine
 from configsync.domain.documents import compute_changes
@@ -109,18 +110,12 @@ def main() -> None:
         began = time.monotonic()
         seed(url, args.configs)
         print(f"seeded {args.configs} configs of ~4 KB in {time.monotonic() - began:.0f} s")
-        env = {
-            **os.environ,
-            "DATABASE_URL": url,
-            "SECRET_KEY": SECRET,
-            "API_KEY": LEGACY_KEY,
-            "CONFIGSYNC_ENV": "production",
-            "CONFIGSYNC_MASTER_KEYS": MASTER_KEY,
-            "CONFIGSYNC_LOG_LEVEL": "warning",
+        env = server_env(
+            url,
+            API_KEY=LEGACY_KEY,
             # Room for every config (about 7 KB each as the cache counts them).
-            "CONFIGSYNC_CACHE_MAX_BYTES": str(args.cache_mib * 1024 * 1024),
-        }
-        env.pop("REDIS_URL", None)
+            CONFIGSYNC_CACHE_MAX_BYTES=str(args.cache_mib * 1024 * 1024),
+        )
         server = serve([exe, "serve", "--port", str(PORT), "--workers", "2"], env, PORT)
         base = f"http://127.0.0.1:{PORT}"
         try:

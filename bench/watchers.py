@@ -25,7 +25,7 @@ import httpx
 from sqlalchemy import text
 
 from bench._common import MASTER_KEY, fresh_database, percentile
-from bench.read import SECRET, serve
+from bench.read import serve, server_env
 from bench.read_many import resident_kib
 from configsync.db import make_engine
 
@@ -139,16 +139,7 @@ def main() -> None:
 
     with fresh_database() as url:
         key = seed(url)
-        env = {
-            **os.environ,
-            "DATABASE_URL": url,
-            "SECRET_KEY": SECRET,
-            "CONFIGSYNC_ENV": "production",
-            "CONFIGSYNC_MASTER_KEYS": MASTER_KEY,
-            "CONFIGSYNC_LOG_LEVEL": "warning",
-            "CONFIGSYNC_MAX_WAIT_SECONDS": "120",
-        }
-        env.pop("REDIS_URL", None)
+        env = server_env(url, CONFIGSYNC_MAX_WAIT_SECONDS="120")
         server = serve([exe, "serve", "--port", str(PORT)], env, PORT)
         try:
             httpx.get(f"http://127.0.0.1:{PORT}/v1/configs/bench/prod", headers={"X-API-Key": key})
