@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         authenticator=runtime.authenticator,
         reader=runtime.reader,
         count=settings.metrics,
+        max_wait=settings.max_wait_seconds,
     )
     # Added last, so outermost: request ids, the body limit and the request log apply to every
     # request.

@@ -131,7 +131,9 @@ def test_an_embedded_export_does_not_hold_writers_up(sqlite_api: Api, sqlite: En
     thread.start()
     thread.join(timeout=20)
     assert not thread.is_alive()
-    assert done["write"].status_code == 201 and done["took"] < 2
+    # Held up, a write would wait for SQLite's busy timeout (30 s); on a loaded machine an
+    # unhindered one has taken over 2 s, so the bound sits well between the two.
+    assert done["write"].status_code == 201 and done["took"] < 10
     assert done["lines"] == done["rows"] == 2501  # bounded by the log's end when it began
 
 

@@ -228,3 +228,40 @@ def test_a_feed_that_reconnects_wakes_every_waiter(pg_api: Api, other_process: A
     for thread in threads:
         thread.join(10)
     assert [a.status_code for a in answers] == [200] * 3
+
+
+def test_a_waiter_whose_client_left_is_gone_at_once(tmp_path: Any, pg_url: str, pg: Engine) -> None:
+    import socket
+
+    import httpx
+
+    from tests.conftest import PASSWORD, clean_env, running_server
+    from tests.test_metrics import samples, total
+
+    env = clean_env(DATABASE_URL=pg_url, SECRET_KEY="k" * 48, CONFIGSYNC_AUDIT_LOG="a.log")
+    with running_server(tmp_path, env) as server:
+        httpx.post(server + "/auth/signup", json={"email": "o@example.com", "password": PASSWORD})
+        token = httpx.post(
+            server + "/auth/login", json={"email": "o@example.com", "password": PASSWORD}
+        ).json()["access_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        httpx.put(server + URL, headers=auth, json={"data": {"A": 1}}).raise_for_status()
+
+        def waiting() -> float:
+            return total(
+                samples(httpx.get(server + "/metrics").text), "configsync_long_poll_waiters"
+            )
+
+        port = int(server.rsplit(":", 1)[1])
+        clients = []
+        for _ in range(3):  # the first may go the slow way; the others find the cache warm
+            client = socket.create_connection(("127.0.0.1", port))
+            client.sendall(
+                f"GET {URL}?wait=60 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                'If-None-Match: "1"\r\n\r\n'.encode()
+            )
+            clients.append(client)
+        assert eventually(lambda: waiting() == 3, 10)
+        for client in clients:
+            client.close()  # the services went away (a deploy, a crash)
+        assert eventually(lambda: waiting() == 0, 5)  # not after the 60 s wait

@@ -6,7 +6,6 @@ calls one command or query, and shapes the answer. The request's unit of work co
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
@@ -29,9 +28,10 @@ from configsync.configs.auth import (
     read_access,
 )
 from configsync.configs.commands import WriteContext, WriteResult
+from configsync.configs.longpoll import wait_past
 from configsync.configs.queries import Difference
 from configsync.configs.reader import ConfigReader, Lookup, response_body
-from configsync.configs.reads import WAIT, Answer, ReadRequest, decide, parse_etag
+from configsync.configs.reads import Answer, ReadRequest, decide, parse_etag
 from configsync.configs.rendering import MEDIA_TYPES, RAW_MEDIA_TYPE, render
 from configsync.configs.schemas import (
     BlameOut,
@@ -146,34 +146,9 @@ async def read_config(
     # wakes this request at once.
     with reader.waiters.watch((service, environment)) as watch:
         found = await _lookup(reader, read, consistent)
-        answer = decide(caller, found, read)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + read.wait
-        while answer is WAIT and (remaining := deadline - loop.time()) > 0:
-            # While the change feed is connected (the cache is trusted) every change wakes the
-            # waiter: nothing to do until then. Without it (SQLite; the feed down) it looks
-            # again every few seconds, for writes of other processes.
-            trusted = reader.cache.enabled
-            woken = await watch.wait(remaining if trusted else min(remaining, RECHECK_SECONDS))
-            if not woken and trusted:
-                continue  # the deadline (or the feed dropped: the loop re-times the wait)
-            found = await reader.refresh(service, environment)
-            answer = decide(caller, found, read)
-            # Whether the client left matters only to a waiter that goes on waiting (the check
-            # costs more than the answer, times every waiter a write wakes).
-            if answer is WAIT and await request.is_disconnected():
-                break
-    if answer is WAIT:
-        entry = found.entry
-        assert entry is not None
-        answer = Answer(304, b"", None, entry.etag, entry.version)
-    assert isinstance(answer, Answer)
+        answer = await wait_past(reader, caller, read, found, watch, request.receive)
     reader.receipts.read(caller, service, environment, answer.version)
     return _respond(answer, format, request)
-
-
-# How often a long poll reads the database again when no change feed can wake it.
-RECHECK_SECONDS = 2.0
 
 
 async def _lookup(reader: ConfigReader, read: ReadRequest, consistent: bool) -> Lookup:

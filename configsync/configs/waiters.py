@@ -16,6 +16,7 @@ import asyncio
 import threading
 from collections import defaultdict
 from types import TracebackType
+from typing import Any
 
 from configsync.metrics import WAITERS
 
@@ -50,14 +51,18 @@ class Watch:
     def wake(self) -> None:
         self._loop.call_soon_threadsafe(self._event.set)
 
-    async def wait(self, timeout: float) -> bool:
-        """Wait until woken (since the last wait) or `timeout` seconds; True if woken."""
+    async def wait(self, timeout: float, until: asyncio.Future[None] | None = None) -> bool:
+        """Wait until woken (since the last wait), `until` is done, or `timeout` seconds; True
+        if woken."""
+        woken = asyncio.ensure_future(self._event.wait())
         try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+            pending: set[asyncio.Future[Any]] = {woken}
+            if until is not None:
+                pending.add(until)
+            await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            return woken.done()
         finally:
+            woken.cancel()
             self._event.clear()
 
 
