@@ -333,6 +333,9 @@ def test_run_falls_back_to_the_cached_copy_when_the_server_is_away(
     refused = cli("run", "cached", "-e", "prod", "--no-fallback", "--", *command, env=env)
     assert refused.returncode == 1 and refused.stdout == ""
     assert "--no-fallback" in refused.stderr and "not running" in refused.stderr
+    unreachable = cli("history", "cached", "-e", "prod", env=env)
+    assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
+    assert "answered" not in unreachable.stderr and "Traceback" not in unreachable.stderr
     # No copy at all (another service): a clear refusal, not a traceback.
     other = cli("run", "other", "-e", "prod", "--", *command, env=env)
     assert other.returncode == 1 and "no cached copy" in other.stderr

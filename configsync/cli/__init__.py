@@ -64,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         client = sys.modules.get("configsync.client")
         if client is None or not isinstance(exc, client.ClientError):
             raise
-        print(f"configsync: the server answered {exc}", file=sys.stderr)
+        said = exc.detail if exc.status == 0 else f"the server answered {exc}"
+        print(f"configsync: {said}", file=sys.stderr)
         return 1
     return result if isinstance(result, int) else 0
 
