@@ -113,8 +113,8 @@ def test_the_diff_endpoint_turns_a_into_b(
     pg_api: Api, owner: dict[str, str], auditor: dict[str, str], a: Any, b: Any
 ) -> None:
     url = f"/v1/configs/svc-{uuid.uuid4().hex[:10]}/prod"
-    pg_api.put(url, headers=owner, json={"data": a})
-    pg_api.put(url, headers=owner, json={"data": b})
+    assert pg_api.put(url, headers=owner, json={"data": a}).status_code == 201
+    assert pg_api.put(url, headers=owner, json={"data": b}).status_code == 200
     version = pg_api.get(url, headers=owner).json()["version"]
     # In plain text (the owner reveals the secrets among them): the diff turns a into b.
     diff = pg_api.get(f"{url}/diff?from=1&to={version}&reveal=true", headers=owner).json()
