@@ -113,3 +113,32 @@ def test_clients_command_shows_who_is_behind(server: str, tmp_path: Path) -> Non
     ]
     table = cli("clients", "pay", "-e", "prod", env=env)
     assert table.returncode == 0 and "billing-api" in table.stdout and "behind" in table.stdout
+
+
+def test_whoami_and_logout(server: str, tmp_path: Path) -> None:
+    env, auth = cli_login(server, tmp_path)
+    shown = cli("whoami", env=env)
+    assert shown.returncode == 0 and "ops@example.com (user)" in shown.stdout
+    me = json.loads(cli("whoami", "--json", env=env).stdout)
+    assert me["kind"] == "user" and me["email"] == "ops@example.com"
+    saved = tmp_path / "config" / "configsync" / "credentials.json"
+    token = json.loads(saved.read_text())["access_token"]
+
+    out = cli("logout", env=env)
+    assert out.returncode == 0 and "logged out" in out.stdout
+    assert not saved.exists()  # forgotten here ...
+    me_again = httpx.get(server + "/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert me_again.status_code == 401  # ... and revoked on the server
+    after = cli("whoami", env=env)
+    assert after.returncode == 1 and "not logged in" in after.stderr
+
+    # A service's key: whoami names the key and what it may do.
+    env, auth = cli_login(server, tmp_path / "again")
+    httpx.put(server + "/v1/configs/pay/prod", headers=auth, json={"data": {"A": 1}})
+    key = httpx.post(
+        server + "/v1/api-keys",
+        headers=auth,
+        json={"name": "billing", "service": "pay", "permission": "read"},
+    ).json()["key"]
+    as_key = cli("whoami", env={**env, "CONFIGSYNC_API_KEY": key})
+    assert as_key.returncode == 0 and "API key billing (read on pay/*)" in as_key.stdout
