@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -10,8 +11,9 @@ from sqlalchemy.orm import Session
 
 from configsync.domain.documents import touches
 from configsync.errors import InvalidInput
+from configsync.events import verify_chain
 from configsync.events.canonical import loads
-from projections.audit import AuditRow
+from projections.audit import AuditRow, first_mismatch
 
 
 def filtered(
@@ -78,3 +80,18 @@ def page_touching(
                     return kept, row.position
         after = rows[-1].position
     return kept, None
+
+
+@dataclass(frozen=True, slots=True)
+class ChainStatus:
+    ok: bool
+    checked: int
+    first_bad_position: int | None
+
+
+def verify(session: Session) -> ChainStatus:
+    """Walk the hash chain of every event and compare every audit row's hash with its event's;
+    an audit row whose hash is not its event's counts as a bad position too."""
+    report = verify_chain(session)
+    bad = [p for p in (report.first_bad_position, first_mismatch(session)) if p is not None]
+    return ChainStatus(not bad, report.checked, min(bad, default=None))
