@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 import configsync
 from configsync import docs, exception_handlers, health, logs
@@ -16,6 +17,7 @@ from configsync.configs.endpoints import router as configs_router
 from configsync.configs.fastpath import CachedReads
 from configsync.configs.legacy_endpoints import legacy as legacy_router
 from configsync.configs.secret_endpoints import router as secrets_router
+from configsync.console import pages as console
 from configsync.metrics import RequestMetrics
 from configsync.middleware import BODY_OVERHEAD, RequestGuard
 from configsync.runtime import Runtime
@@ -82,7 +84,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         secrets_router,
         audit_router,
         log_router,
+        console.router,
     )
     for router in routers:
         app.include_router(router)
+    app.mount("/ui/static", StaticFiles(directory=console.HERE / "static"), name="console-static")
     return app
