@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from deepdiff import DeepDiff
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -89,6 +90,37 @@ def test_changes_come_in_a_stable_order_and_never_overlap(
     assert paths == sorted(paths)
     for p in paths:
         assert not any(q != p and q[: len(p)] == p for q in paths)
+
+
+def deepdiff_paths(old: dict[str, Any], new: dict[str, Any]) -> set[tuple[str, ...]]:
+    """The oracle: the paths DeepDiff says differ, cut at arrays (arrays are values) and at the
+    outermost changed value, as the changes name them. (Keys such as `__x` are data here, not
+    private attributes: ignore_private_variables=False.)"""
+    found: set[tuple[str, ...]] = set()
+    tree = DeepDiff(
+        old, new, view="tree", threshold_to_diff_deeper=0, ignore_private_variables=False
+    )
+    for levels in tree.values():
+        for level in levels:
+            path = level.path(output_format="list")
+            cut = next((i for i, part in enumerate(path) if isinstance(part, int)), len(path))
+            found.add(tuple(path[:cut]))
+    return {p for p in found if not any(q != p and p[: len(q)] == q for q in found)}
+
+
+@given(a=documents, b=documents)
+@settings(max_examples=300)
+def test_the_changes_name_the_paths_deepdiff_finds(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """DeepDiff, an independent implementation, as the oracle of compute_changes: every path it
+    finds is changed, and any other changed path holds values Python calls equal but JSON does
+    not (1 and 1.0, 0 and false, 0.0 and -0.0), which DeepDiff cannot see."""
+    changes = compute_changes(a, b)
+    ours = {tuple(c["path"]) for c in changes}
+    oracle = deepdiff_paths(a, b)
+    assert oracle <= ours
+    for change in changes:
+        if tuple(change["path"]) not in oracle:
+            assert change["op"] == "replace" and change["old"] == change["value"], (a, b, oracle)
 
 
 def test_changes_name_each_key_that_differs() -> None:
