@@ -76,20 +76,22 @@ def decode(payload: str) -> Message | None:
     return None
 
 
+_NOTIFY = text(
+    "SELECT pg_notify(:channel, payload) FROM unnest(CAST(:payloads AS text[])) AS payload"
+)
+
+
 def notify(session: Session, messages: Sequence[Message]) -> None:
     """Tell the other processes, once `session`'s transaction commits (never if it rolls back).
 
     `pg_notify` is transactional; on SQLite, which has no feed, there are no other processes
     that cache anything. This process learns of its own writes from the write path's listeners.
     """
-    if messages and session.get_bind().dialect.name == "postgresql":
-        session.execute(
-            text(
-                "SELECT pg_notify(:channel, payload)"
-                " FROM unnest(CAST(:payloads AS text[])) AS payload"
-            ),
-            {"channel": CHANNEL, "payloads": [encode(m) for m in messages]},
-        )
+    if not messages:
+        return
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        connection.execute(_NOTIFY, {"channel": CHANNEL, "payloads": [encode(m) for m in messages]})
 
 
 class ChangeFeed:

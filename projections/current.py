@@ -12,7 +12,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Integer, String, Text, delete, func, select
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    delete,
+    func,
+    select,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from configsync.db import Base, UTCDateTime, upsert
@@ -71,8 +81,28 @@ class CurrentConfig:
 
 
 def read(session: Session, service: str, environment: str) -> CurrentConfig | None:
-    row = session.get(ConfigCurrentRow, (service, environment))
+    # Plain columns, not an ORM instance: every write and every uncached read comes here.
+    params = {"service": service, "environment": environment}
+    row = session.connection().execute(_READ, params).first()
     return CurrentConfig.from_row(row) if row is not None else None
+
+
+COLUMNS = (
+    ConfigCurrentRow.service,
+    ConfigCurrentRow.environment,
+    ConfigCurrentRow.version,
+    ConfigCurrentRow.data,
+    ConfigCurrentRow.deleted,
+    ConfigCurrentRow.updated_at,
+    ConfigCurrentRow.updated_by,
+    ConfigCurrentRow.position,
+)
+
+# Built once and run on the connection: no per-call statement building or ORM compiling.
+_READ = select(*COLUMNS).where(
+    ConfigCurrentRow.service == bindparam("service"),
+    ConfigCurrentRow.environment == bindparam("environment"),
+)
 
 
 def read_all(session: Session) -> Iterator[CurrentConfig]:

@@ -208,8 +208,8 @@ def _write(
     state = current.read(session, service, environment)
     version = state.version if state else 0
     exists = state is not None and not state.deleted
-    service_row = session.get(ServiceRow, service)
-    new_service = state is None and service_row is None
+    declared = secret_paths(session, service)
+    new_service = state is None and declared is None
     if expected_version is not None and expected_version != version:
         raise VersionConflict(stream, expected_version, version)
     # current.read parsed the document just now: it is ours. The builders of the new document
@@ -231,7 +231,7 @@ def _write(
             return _unchanged(state, old)
 
     sealer = ctx.vault.sealer(session, service, environment)
-    rule = ctx.vault.rule(secret_paths(service_row))
+    rule = ctx.vault.rule(declared or [])
     stored = sealer.seal(rule, new, old, old_stored)
     changes = compute_changes(old_stored, stored)
     if deleting:
@@ -578,7 +578,7 @@ def destroy_secrets(
         return Destruction(_unchanged(state, plain), [], up_to_version)
     through = max([up_to_version, *(e.version for e in events if _keys_of([e]) & doomed)])
     sealer = ctx.vault.sealer(session, service, environment)
-    rule = ctx.vault.rule(secret_paths(session.get(ServiceRow, service)))
+    rule = ctx.vault.rule(secret_paths(session, service) or [])
     stored = sealer.reseal(rule, plain, state.document)
     changes = compute_changes(state.document, stored)
     payload = ConfigChanged(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from configsync.auth.models import ServiceRow
@@ -394,7 +394,7 @@ class DeclaredSecrets:
 def declared_secrets(session: Session, service: str, patterns: tuple[str, ...]) -> DeclaredSecrets:
     """The key paths declared secret for `service`, and per path how many versions (of every
     environment) hold a value of it in plain text: written before it was declared."""
-    declared = secret_paths(session.get(ServiceRow, service))
+    declared = secret_paths(session, service) or []
     counts = {dotted(path): 0 for path in declared}
     environments = session.scalars(
         select(ConfigCurrentRow.environment).where(ConfigCurrentRow.service == service)
@@ -409,11 +409,15 @@ def declared_secrets(session: Session, service: str, patterns: tuple[str, ...]) 
     return DeclaredSecrets(service, [dotted(p) for p in declared], patterns, counts)
 
 
-def secret_paths(service: ServiceRow | None) -> list[list[str]]:
-    """The key paths a service's owner declared secret."""
-    if service is None or not service.secret_paths:
-        return []
-    paths: list[list[str]] = loads(service.secret_paths)
+_SECRET_PATHS = select(ServiceRow.secret_paths).where(ServiceRow.name == bindparam("service"))
+
+
+def secret_paths(session: Session, service: str) -> list[list[str]] | None:
+    """The key paths a service's owner declared secret; None when the service does not exist."""
+    row = session.connection().execute(_SECRET_PATHS, {"service": service}).first()
+    if row is None:
+        return None
+    paths: list[list[str]] = loads(row.secret_paths) if row.secret_paths else []
     return paths
 
 

@@ -112,6 +112,9 @@ def event_hash(
     return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
 
 
+_STREAM_LOCK = text("SELECT pg_advisory_xact_lock(:ns, hashtext(:stream))")
+
+
 def lock_stream(session: Session, stream: str) -> None:
     """Serialize writers of one stream until the transaction ends.
 
@@ -120,11 +123,9 @@ def lock_stream(session: Session, stream: str) -> None:
     computed against the document they apply to. Writers of other streams are not held up. On
     SQLite every write transaction already holds the database's single write lock.
     """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(
-            text("SELECT pg_advisory_xact_lock(:ns, hashtext(:stream))"),
-            {"ns": STREAM_LOCK_NAMESPACE, "stream": stream},
-        )
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        connection.execute(_STREAM_LOCK, {"ns": STREAM_LOCK_NAMESPACE, "stream": stream})
 
 
 def stream_version(session: Session, stream: str) -> int:
