@@ -128,6 +128,12 @@ def _catch_up_on_start(**_: Any) -> None:
     catch_up_task.apply_async()
 
 
+# The shortest time between two projection tasks sent while writes keep coming: a write's audit
+# row is then at most this much later than it would be; the API sends ~50 tasks a second, not
+# one per write.
+SEND_INTERVAL = 0.02
+
+
 class Dispatcher:
     """Called after each commit that appended an event: get the asynchronous projections run.
 
@@ -140,7 +146,9 @@ class Dispatcher:
     def __init__(self, settings: Settings, factory: sessionmaker[Session]) -> None:
         self._settings = settings
         self._factory = factory
-        self._pending = threading.Event()
+        self._lock = threading.Lock()
+        self._dirty = False  # a write committed since the last send began
+        self._sending = False  # a sender is running (it loops while writes are dirty)
         self._executor = (
             None
             if settings.embedded
@@ -156,17 +164,31 @@ class Dispatcher:
             except Exception:
                 log.exception("in-process projections failed; they catch up on the next write")
             return
-        if self._pending.is_set():
-            return
-        self._pending.set()
+        with self._lock:
+            self._dirty = True
+            if self._sending:
+                return  # the sender in flight sends for this write too
+            self._sending = True
         self._executor.submit(self._send)
 
     def _send(self) -> None:
-        self._pending.clear()
-        try:
-            catch_up_task.apply_async(retry=False)
-        except Exception as exc:
-            log.warning("could not send the projection task (the worker will catch up): %s", exc)
+        """One task for every write since the last send: the worker's catch-up applies all of
+        them. While writes keep coming, at most one send every SEND_INTERVAL seconds (a send
+        costs the API more CPU than the write it is for); a write during a send or the pause
+        after it is sent for by the next round, never dropped."""
+        while True:
+            with self._lock:
+                if not self._dirty:
+                    self._sending = False
+                    return
+                self._dirty = False
+            try:
+                catch_up_task.apply_async(retry=False)
+            except Exception as exc:
+                log.warning(
+                    "could not send the projection task (the worker will catch up): %s", exc
+                )
+            time.sleep(SEND_INTERVAL)
 
     def close(self) -> None:
         # A send still trying a dead broker (redis-py retries for about 6 s) is not waited for:

@@ -356,3 +356,28 @@ def test_the_worker_logs_json_lines_and_no_line_per_task_at_info(
         line for line in lines if line["logger"] in ("celery.app.trace", "celery.worker.strategy")
     ]
     assert per_task == []
+
+
+def test_a_burst_of_writes_sends_a_few_tasks_and_the_last_write_is_never_left_out(
+    pg: Engine, pg_url: str, redis_url: str, audit_file: Path
+) -> None:
+    """The API sends one projection task for all the writes of a short interval (the worker's
+    catch-up applies them all), and a write after the burst still gets a task of its own."""
+    import redis
+
+    from configsync.tasks import QUEUE, SEND_INTERVAL
+
+    broker = redis.Redis.from_url(redis_url)
+    for api in make_api(pg_url, pg, redis_url=redis_url, audit_log=str(audit_file)):
+        dispatcher = api.client.app.state.runtime.dispatcher
+        broker.delete(QUEUE)
+        began = time.monotonic()
+        for _ in range(2000):
+            dispatcher(None)
+        burst = time.monotonic() - began
+        assert eventually(lambda: broker.llen(QUEUE) >= 1, 5)
+        time.sleep(SEND_INTERVAL * 5)
+        sent = broker.llen(QUEUE)
+        assert 1 <= sent <= 2 + burst / SEND_INTERVAL  # not one per write
+        dispatcher(None)  # one more write, after the burst
+        assert eventually(lambda sent=sent: broker.llen(QUEUE) == sent + 1, 5)
