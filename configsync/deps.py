@@ -30,7 +30,8 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
+    # async: FastAPI runs a plain `def` dependency on a worker thread; this only reads state.
     settings: Settings = request.app.state.settings
     return settings
 

@@ -316,6 +316,37 @@ def test_a_cached_read_makes_no_database_round_trip(pg_api: Api, owner: dict[str
         event.remove(engine, "before_cursor_execute", listener)
 
 
+def test_a_writing_key_is_looked_up_once_and_its_revocation_still_stops_writes(
+    pg_api: Api, second_process: Api, owner: dict[str, str]
+) -> None:
+    from sqlalchemy import event
+
+    pg_api.put(URL, headers=owner, json={"data": {"A": 1}})
+    created = pg_api.post(
+        "/v1/api-keys", headers=owner, json={"name": "w", "service": "pay", "permission": "write"}
+    )
+    writer = {"X-API-Key": created.json()["key"]}
+    assert second_process.patch(URL, headers=writer, json={"data": {"B": 0}}).status_code == 200
+    statements: list[str] = []
+    engine = second_process.client.app.state.engine
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        for n in range(3):
+            answer = second_process.patch(URL, headers=writer, json={"data": {"B": n + 1}})
+            assert answer.status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert statements and not [s for s in statements if "api_keys" in s]
+    assert pg_api.delete(f"/v1/api-keys/{created.json()['id']}", headers=owner).status_code == 204
+
+    def refused() -> bool:
+        return second_process.patch(URL, headers=writer, json={"data": {"B": 9}}).status_code == 401
+
+    assert eventually(refused)
+    assert pg_api.get(URL, headers=owner).json()["data"] == {"A": 1, "B": 3}
+
+
 def test_request_ids_are_echoed_and_kept_with_the_event(pg_api: Api, owner: dict[str, str]) -> None:
     sent = pg_api.put(
         URL, headers={**owner, "X-Request-ID": "deploy-42.a"}, json={"data": {"A": 1}}

@@ -65,7 +65,7 @@ WRITE_ERRORS = errors(403, 409, 412)
 CONFIG_PATH = "/v1/configs/{service}/{environment}"
 
 
-def get_reader(request: Request) -> ConfigReader:
+async def get_reader(request: Request) -> ConfigReader:  # async: no worker thread for this
     reader: ConfigReader = request.app.state.config_reader
     return reader
 
