@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 
 BODY = Path(os.environ["CONFIGSYNC_BENCH_BODY"]).read_bytes()
 app = FastAPI()
@@ -14,3 +14,10 @@ app = FastAPI()
 @app.get("/doc")
 async def doc() -> Response:
     return Response(BODY, media_type="application/json", headers={"ETag": '"1"'})
+
+
+@app.post("/doc")
+async def accept(request: Request) -> Response:
+    """bench/write_http.py's baseline when etcd is not installed: take the body, answer."""
+    await request.body()
+    return Response(b'{"version": 1}', media_type="application/json")
