@@ -270,9 +270,7 @@ def main() -> None:
                     f"{med['rate'] / base['rate']:11.3f}x {med['cpu']:17.2f}"
                 )
             for name in ("PATCH", "POST /config/update"):
-                print(
-                    f"{name} / PUT: {rates[name] / rates['PUT']:.3f} (medians of {args.rounds})"
-                )
+                print(f"{name} / PUT: {rates[name] / rates['PUT']:.3f} (medians of {args.rounds})")
             alone = _wrk(api, scripts["PUT"], args.duration, 1)
             print(
                 f"one writer alone (PUT, -c1): p50 {alone['p50']:.2f} ms, p99 {alone['p99']:.2f} ms"
