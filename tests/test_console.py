@@ -563,3 +563,44 @@ def test_audit_log_filters_export_and_the_chain_page(pg_api: Any) -> None:
     chain = admin.get("/ui/log").text
     assert f"Tree size {signed.json()['tree_size']}" in chain
     assert all(line in chain for line in signed.json()["note"].splitlines())
+
+
+def test_a_deleted_config_opens_on_its_history_and_a_rollback_restores_it(pg_api: Any) -> None:
+    owner = pg_api.person("own@example.com")
+    pg_api.put("/v1/configs/pay/prod", headers=owner, json={"data": {"a": 1}})
+    pg_api.request("DELETE", "/v1/configs/pay/prod", headers=owner)
+    console = as_person(pg_api, owner)
+    opened = console.get("/ui/configs/pay/prod", follow_redirects=False)
+    assert opened.status_code == 303
+    assert opened.headers["location"] == "/ui/configs/pay/prod/history?notice=deleted"
+    history = console.get(opened.headers["location"]).text
+    assert "history is kept" in history and "deleted" in history
+    assert "/rollback?to=1" in history
+    confirm = console.get("/ui/configs/pay/prod/rollback?to=1").text
+    assert 'name="expected_version" value="2"' in confirm
+    done = submit(
+        console, "/ui/configs/pay/prod/rollback", to="1", reason="undo", expected_version="2"
+    )
+    assert done.status_code == 303, done.text
+    assert pg_api.get("/v1/configs/pay/prod", headers=owner).json()["data"] == {"a": 1}
+    # A service whose every config is deleted has nothing to compare: not found, not a 500.
+    pg_api.request("DELETE", "/v1/configs/pay/prod", headers=owner)
+    assert console.get("/ui/services/pay/compare").status_code == 404
+    # Someone who may not read it is told it does not exist, deleted or not.
+    stranger = as_person(pg_api, pg_api.person("other@example.com"))
+    assert stranger.get("/ui/configs/pay/prod", follow_redirects=False).status_code == 404
+
+
+def test_sign_up_checks_the_address_as_the_api_does(pg_api: Any) -> None:
+    refused = pg_api.post(
+        "/ui/signup",
+        data={
+            "csrf": csrf_of(pg_api.client, "/ui/signup"),
+            "email": "not-an-address",
+            "password": PASSWORD,
+        },
+    )
+    assert refused.status_code == 422 and "email" in refused.text.lower()
+    assert pg_api.post(
+        "/auth/login", json={"email": "not-an-address", "password": PASSWORD}
+    ).status_code in (401, 422)

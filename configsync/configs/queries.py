@@ -56,6 +56,11 @@ def get(
     return state
 
 
+def latest_version(session: Session, service: str, environment: str) -> int:
+    """The config's last version, deletions included (0: it never existed)."""
+    return stream_version(session, stream_name(service, environment))
+
+
 @dataclass(frozen=True, slots=True)
 class ConfigSummary:
     service: str

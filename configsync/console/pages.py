@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
@@ -39,6 +40,7 @@ from configsync.auth.permissions import (
     can_read_history,
     require_role,
 )
+from configsync.auth.schemas import Signup
 from configsync.configs import commands, queries, receipts
 from configsync.configs.auth import (
     history_access,
@@ -65,7 +67,14 @@ from configsync.deps import SessionDep, SettingsDep
 from configsync.domain.documents import Document, parse_key
 from configsync.domain.events import ACTIONS
 from configsync.domain.secrets import envelopes, mask, masked
-from configsync.errors import ConfigSyncError, InvalidInput, Unauthorized, VersionConflict
+from configsync.errors import (
+    ConfigSyncError,
+    Deleted,
+    InvalidInput,
+    NotFound,
+    Unauthorized,
+    VersionConflict,
+)
 from configsync.events import format_instant
 from projections.audit import as_item
 
@@ -90,6 +99,7 @@ NOTICES = {
     "rolled_back": "Rolled back: the document is now version {v}.",
     "promoted": "Promoted: {env} is now at version {v}.",
     "revoked": "The key was revoked: it stops working on its next request.",
+    "deleted": "This config is deleted; its history is kept. Roll back to a version to restore it.",
 }
 HISTORY_PAGE = 20
 AUDIT_PAGE = 50
@@ -326,11 +336,14 @@ def signup(
     email = field(form, "email")
     if not settings.signup_open:
         raise Again("signup.html", "sign-up is closed: an admin creates accounts", 403)
-    if "@" not in email:
-        raise Again("signup.html", "enter an email address", 422, email=email, signup=True)
     password = form.get("password")
+    try:  # the API's body model: the same rules for the address as POST /auth/signup
+        body = Signup(email=email, password=password if isinstance(password, str) else "")
+    except ValidationError as exc:
+        problem = "; ".join(e["msg"] for e in exc.errors())
+        raise Again("signup.html", problem, 422, email=email, signup=True) from None
     try:
-        user = people.signup(session, email, password if isinstance(password, str) else "")
+        user = people.signup(session, body.email, body.password)
     except ConfigSyncError as exc:
         raise Again("signup.html", exc.detail, exc.status_code, email=email, signup=True) from None
     return signed_in(request, user, "/ui")
@@ -431,7 +444,12 @@ def config_page(
     revealed: Document | None = None,
 ) -> Response:
     access = read_access(session, person, service, environment)
-    current = queries.get(session, service, environment)
+    try:
+        current = queries.get(session, service, environment)
+    except Deleted:
+        if not can_read_history(person, access.owner_id):
+            raise
+        return redirect(request, f"/ui/configs/{service}/{environment}/history", notice="deleted")
     if version is not None and version != current.version:
         past = queries.get_version(session, service, environment, version)
         document, at, by = past.document, past.recorded_at, past.actor
@@ -598,8 +616,9 @@ def history(
         environment=environment,
         items=found.items,
         next_before=found.next_before_version,
-        latest=queries.get(session, service, environment).version,
+        latest=queries.latest_version(session, service, environment),
         may_manage=may_manage(person, access),
+        notice=NOTICES.get(request.query_params.get("notice", ""), ""),
     )
 
 
@@ -631,7 +650,7 @@ def diff(
         changes=_changes(found.difference),
         stats=found.difference.stats,
         view=view,
-        latest=queries.get(session, service, environment).version,
+        latest=queries.latest_version(session, service, environment),
     )
 
 
@@ -652,8 +671,8 @@ def rollback_page(
 def _rollback_form(
     request: Request, session: Session, service: str, environment: str, to: int, **extra: Any
 ) -> Response:
-    current = queries.get(session, service, environment)
-    found = queries.diff(session, service, environment, current.version, to)
+    latest = queries.latest_version(session, service, environment)
+    found = queries.diff(session, service, environment, latest, to)
     return render(
         request,
         "rollback.html",
@@ -661,7 +680,7 @@ def _rollback_form(
         service=service,
         environment=environment,
         to=to,
-        version=current.version,
+        version=latest,
         changes=_changes(found.difference),
         stats=found.difference.stats,
         **extra,
@@ -734,8 +753,8 @@ def compare(
 ) -> Response:
     """Two environments side by side; the keys that differ can be promoted."""
     envs = environments(session, person, service)
-    if not envs:
-        read_access(session, person, service, from_env or "production")  # 404 as in the API
+    if not envs:  # none it may read, or none left undeleted: as for a service that is not there
+        raise NotFound(f"service {service!r} not found")
     from_env = from_env or envs[0]
     to_env = to_env or next((e for e in envs if e != from_env), from_env)
     for environment in (from_env, to_env):
