@@ -78,6 +78,24 @@ def server_env(url: str, **settings: str) -> dict[str, str]:
     return env
 
 
+# The trivial app's server: the uvicorn settings `configsync serve` uses (2 workers, uvloop,
+# httptools), so the two differ only in the app.
+TRIVIAL_UVICORN = [
+    sys.executable,
+    "-m",
+    "uvicorn",
+    "--workers",
+    "2",
+    "--loop",
+    "uvloop",
+    "--http",
+    "httptools",
+    "--no-access-log",
+    "--log-level",
+    "warning",
+]
+
+
 def serve(
     args: list[str], env: dict[str, str], port: int, log: Path | None = None
 ) -> subprocess.Popen[bytes]:
@@ -192,20 +210,6 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     exe = Path(sys.executable).with_name("configsync")
-    uvicorn = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--workers",
-        "2",
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ]
     with fresh_database() as url, tempfile.TemporaryDirectory() as tmp:
         key = seed(url)
         env = server_env(url)
@@ -241,7 +245,7 @@ def main() -> None:
         body_file = Path(tmp) / "body.json"
         body_file.write_bytes(body)
         trivial = serve(
-            [*uvicorn, "--port", str(trivial_port), "bench.trivial_app:app"],
+            [*TRIVIAL_UVICORN, "--port", str(trivial_port), "bench.trivial_app:app"],
             {**env, "CONFIGSYNC_BENCH_BODY": str(body_file)},
             trivial_port,
         )

@@ -31,7 +31,7 @@ import httpx
 
 from bench._common import document, fresh_database
 from bench.pipeline import REDIS, start_worker, stop
-from bench.read import _cpu_seconds, serve, server_env
+from bench.read import TRIVIAL_UVICORN, _cpu_seconds, serve, server_env
 
 LUA = """
 local counter = 0
@@ -203,23 +203,7 @@ def main() -> None:
                 (tmp / "body.json").write_text(doc)
                 processes.append(
                     serve(
-                        [
-                            sys.executable,
-                            "-m",
-                            "uvicorn",
-                            "--workers",
-                            "2",
-                            "--loop",
-                            "uvloop",
-                            "--http",
-                            "httptools",
-                            "--no-access-log",
-                            "--log-level",
-                            "warning",
-                            "--port",
-                            str(base_port),
-                            "bench.trivial_app:app",
-                        ],
+                        [*TRIVIAL_UVICORN, "--port", str(base_port), "bench.trivial_app:app"],
                         {**env, "CONFIGSYNC_BENCH_BODY": str(tmp / "body.json")},
                         base_port,
                     )

@@ -604,3 +604,36 @@ def test_sign_up_checks_the_address_as_the_api_does(pg_api: Any) -> None:
     assert pg_api.post(
         "/auth/login", json={"email": "not-an-address", "password": PASSWORD}
     ).status_code in (401, 422)
+
+
+def test_the_list_searches_by_name_and_by_key_and_the_history_pages(pg_api: Any) -> None:
+    owner = pg_api.person("own@example.com")
+    for service, environment, data in (
+        ("payments", "prod", {"db": {"host": "a"}}),
+        ("payments", "staging", {"db": {"port": 1}}),
+        ("search", "prod", {"db": {"host": "b"}}),
+    ):
+        pg_api.put(f"/v1/configs/{service}/{environment}", headers=owner, json={"data": data})
+    console = as_person(pg_api, owner)
+
+    def listed(query: str) -> list[str]:
+        return re.findall(r'href="/ui/configs/([^"]+)"', console.get(f"/ui?{query}").text)
+
+    assert listed("") == ["payments/prod", "payments/staging", "search/prod"]
+    assert listed("q=payments") == ["payments/prod", "payments/staging"]
+    assert listed("q=prod") == ["payments/prod", "search/prod"]
+    assert listed("key=db.host") == ["payments/prod", "search/prod"]
+    assert listed("q=payments&key=db.host") == ["payments/prod"]
+    assert listed("key=nothing.here") == []
+    bad = console.get("/ui?key=" + "a" * 501)
+    assert bad.status_code == 422  # a clear refusal, not a 500
+
+    for n in range(24):
+        pg_api.patch("/v1/configs/search/prod", headers=owner, json={"data": {"n": n}})
+    first = console.get("/ui/configs/search/prod/history").text
+    assert re.findall(r"<strong>v(\d+)</strong>", first) == [str(v) for v in range(25, 5, -1)]
+    older = re.search(r'href="\?before_version=(\d+)"', first)
+    assert older is not None
+    rest = console.get(f"/ui/configs/search/prod/history?before_version={older.group(1)}").text
+    assert re.findall(r"<strong>v(\d+)</strong>", rest) == ["5", "4", "3", "2", "1"]
+    assert "before_version" not in rest

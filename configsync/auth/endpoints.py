@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import ValidationError
 
-from configsync.auth import service, tokens
+from configsync.auth import service
 from configsync.auth.deps import AdminDep, AuthenticatorDep, CallerDep, ThrottleDep
 from configsync.auth.models import ApiKeyRow, UserRow
 from configsync.auth.permissions import Caller
@@ -31,14 +30,12 @@ from configsync.auth.schemas import (
     UserOut,
     UserUpdate,
 )
-from configsync.db import utcnow
 from configsync.deps import SessionDep, SettingsDep
 from configsync.errors import (
     AlreadyExists,
     AlreadyRegistered,
     Forbidden,
     InvalidInput,
-    Unauthorized,
 )
 from configsync.events import format_instant
 from configsync.http import errors, json_response
@@ -157,25 +154,12 @@ def login(
 
     Failed logins are throttled per account and per client address (429 with Retry-After)."""
     email, password = credentials
-    account = service.normalize_email(email)
     address = request.client.host if request.client else "unknown"
-    throttle.check(account, address)
-    try:
-        user = service.authenticate(session, email, password)
-    except Unauthorized:
-        throttle.failed(account, address)
-        raise
-    return _token(user, settings)
+    return _token(service.log_in(session, throttle, email, password, address), settings)
 
 
 def _token(user: UserRow, settings: Any) -> Response:
-    token, lifetime = tokens.issue(
-        user.id,
-        user.role,
-        key=settings.signing_key(),
-        minutes=settings.access_token_minutes,
-        generation=user.token_generation,
-    )
+    token, lifetime = service.access_token(user, settings)
     return json_response({"access_token": token, "token_type": "bearer", "expires_in": lifetime})
 
 
@@ -190,8 +174,7 @@ def logout(session: SessionDep, caller: CallerDep, settings: SettingsDep) -> Res
     (Answers as the original implementation did.)"""
     _person(caller)
     assert caller.token_id is not None
-    until = utcnow() + timedelta(minutes=settings.access_token_minutes)
-    service.revoke_token(session, caller.token_id, until)
+    service.log_out(session, caller.token_id, settings)
     return json_response({"msg": "logged out"})
 
 

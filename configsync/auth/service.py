@@ -14,6 +14,7 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from configsync.auth import tokens
 from configsync.auth.models import ApiKeyRow, RevokedTokenRow, ServiceRow, UserRow
 from configsync.auth.passwords import check_password_rules, hash_password, verify_password
 from configsync.auth.permissions import (
@@ -24,10 +25,12 @@ from configsync.auth.permissions import (
     authorize_key_management,
     authorize_owner_or_admin,
 )
+from configsync.auth.throttle import LoginThrottle
 from configsync.db import after_commit, insert_missing, utcnow
 from configsync.domain.names import validate_name
 from configsync.errors import AlreadyExists, Forbidden, InvalidInput, NotFound, Unauthorized
 from configsync.feed import KeyRevoked, notify
+from configsync.settings import Settings
 
 KEY_PREFIX = "cs_"
 SHOWN_PREFIX_LENGTH = len(KEY_PREFIX) + 8
@@ -122,6 +125,37 @@ def token_user(session: Session, claims: Any) -> TokenHolder:
     if row[4]:
         raise Unauthorized("this token was logged out; log in again")
     return TokenHolder(claims.user_id, row.email, row.role)
+
+
+def log_in(
+    session: Session, throttle: LoginThrottle, login: str, password: str, address: str
+) -> UserRow:
+    """`authenticate`, with failed attempts throttled per account and per client address (the
+    API's /auth/login and the console's sign-in both come here)."""
+    account = normalize_email(login)
+    throttle.check(account, address)
+    try:
+        return authenticate(session, login, password)
+    except Unauthorized:
+        throttle.failed(account, address)
+        raise
+
+
+def access_token(user: UserRow, settings: Settings) -> tuple[str, int]:
+    """A signed access token for `user` and its lifetime in seconds."""
+    return tokens.issue(
+        user.id,
+        user.role,
+        key=settings.signing_key(),
+        minutes=settings.access_token_minutes,
+        generation=user.token_generation,
+    )
+
+
+def log_out(session: Session, token_id: str, settings: Settings) -> None:
+    """Revoke one access token, for as long as it could otherwise still be used."""
+    until = utcnow() + timedelta(minutes=settings.access_token_minutes)
+    revoke_token(session, token_id, until)
 
 
 def revoke_token(session: Session, token_id: str, expires_at: datetime) -> None:
@@ -224,9 +258,11 @@ def create_api_key(
     return row, key
 
 
-def list_api_keys(session: Session, caller: Caller) -> list[ApiKeyRow]:
+def list_api_keys(session: Session, caller: Caller, service: str | None = None) -> list[ApiKeyRow]:
     authorize_key_management(caller)
     query = select(ApiKeyRow).order_by(ApiKeyRow.created_at)
+    if service is not None:
+        query = query.where(ApiKeyRow.service == service)
     if not caller.is_admin:
         owned = select(ServiceRow.name).where(ServiceRow.owner_id == caller.id)
         query = query.where(ApiKeyRow.service.in_(owned))

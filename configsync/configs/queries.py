@@ -70,16 +70,26 @@ class ConfigSummary:
     owner_id: str | None
 
 
-def list_readable(session: Session, caller: Caller) -> list[ConfigSummary]:
-    """The configs `caller` may read (not deleted), by service and environment."""
+def list_readable(
+    session: Session,
+    caller: Caller,
+    *,
+    service: str | None = None,
+    has_key: list[str] | None = None,
+) -> list[ConfigSummary]:
+    """The configs `caller` may read (not deleted), by service and environment; only `service`'s,
+    and only those whose document has the key path `has_key`, when given."""
+    columns = [
+        ConfigCurrentRow.service,
+        ConfigCurrentRow.environment,
+        ConfigCurrentRow.version,
+        ConfigCurrentRow.updated_at,
+        ServiceRow.owner_id,
+    ]
+    if has_key is not None:  # the documents, only when they are searched
+        columns.append(ConfigCurrentRow.data)
     query = (
-        select(
-            ConfigCurrentRow.service,
-            ConfigCurrentRow.environment,
-            ConfigCurrentRow.version,
-            ConfigCurrentRow.updated_at,
-            ServiceRow.owner_id,
-        )
+        select(*columns)
         .join(ServiceRow, ServiceRow.name == ConfigCurrentRow.service)
         .where(ConfigCurrentRow.deleted.is_(False))
         .where(
@@ -89,7 +99,17 @@ def list_readable(session: Session, caller: Caller) -> list[ConfigSummary]:
         )
         .order_by(ConfigCurrentRow.service, ConfigCurrentRow.environment)
     )
-    return [ConfigSummary(*row) for row in session.execute(query)]
+    if service is not None:
+        query = query.where(ConfigCurrentRow.service == service)
+    found = []
+    for row in session.execute(query):
+        if has_key is None or lookup(loads(row.data), tuple(has_key))[0]:
+            found.append(
+                ConfigSummary(
+                    row.service, row.environment, row.version, row.updated_at, row.owner_id
+                )
+            )
+    return found
 
 
 @dataclass(frozen=True, slots=True)

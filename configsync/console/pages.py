@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Coroutine, Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
@@ -29,7 +28,6 @@ from configsync.audit import log
 from configsync.audit.endpoints import export
 from configsync.audit.queries import filtered, page, page_touching, verify
 from configsync.auth import service as people
-from configsync.auth import tokens
 from configsync.auth.deps import get_authenticator, get_login_throttle
 from configsync.auth.permissions import (
     ADMIN,
@@ -62,7 +60,6 @@ from configsync.console.session import (
     renew_csrf,
     set_cookie,
 )
-from configsync.db import utcnow
 from configsync.deps import SessionDep, SettingsDep
 from configsync.domain.documents import Document, parse_key
 from configsync.domain.events import ACTIONS
@@ -72,7 +69,6 @@ from configsync.errors import (
     Deleted,
     InvalidInput,
     NotFound,
-    Unauthorized,
     VersionConflict,
 )
 from configsync.events import format_instant
@@ -231,7 +227,7 @@ def may_manage(caller: Caller, access: Any) -> bool:
 
 
 def environments(session: Session, caller: Caller, service: str) -> list[str]:
-    return [c.environment for c in queries.list_readable(session, caller) if c.service == service]
+    return [c.environment for c in queries.list_readable(session, caller, service=service)]
 
 
 def context_for_writes(request: Request, caller: Caller, session: Session) -> WriteContext:
@@ -284,14 +280,7 @@ def safe_next(target: str | None) -> str:
 
 
 def signed_in(request: Request, user: Any, target: str) -> Response:
-    settings = request.app.state.settings
-    token, lifetime = tokens.issue(
-        user.id,
-        user.role,
-        key=settings.signing_key(),
-        minutes=settings.access_token_minutes,
-        generation=user.token_generation,
-    )
+    token, lifetime = people.access_token(user, request.app.state.settings)
     renew_csrf(request)
     response = redirect(request, safe_next(target))
     set_cookie(request, response, SESSION_COOKIE, token, max_age=lifetime)
@@ -309,17 +298,17 @@ def login(
 ) -> Response:
     name, target = field(form, "login"), safe_next(field(form, "next", required=False))
     password = form.get("password")
-    throttle = get_login_throttle(request)
-    account = people.normalize_email(name)
     address = request.client.host if request.client else "unknown"
     context = {"login": name, "next": target, "signup": settings.signup_open}
     try:
-        throttle.check(account, address)
-        user = people.authenticate(session, name, password if isinstance(password, str) else "")
-    except Unauthorized as exc:
-        throttle.failed(account, address)
-        raise Again("login.html", exc.detail, 401, **context) from None
-    except ConfigSyncError as exc:  # throttled
+        user = people.log_in(
+            session,
+            get_login_throttle(request),
+            name,
+            password if isinstance(password, str) else "",
+            address,
+        )
+    except ConfigSyncError as exc:  # wrong password (401) or throttled (429)
         raise Again("login.html", exc.detail, exc.status_code, **context) from None
     return signed_in(request, user, target)
 
@@ -353,22 +342,13 @@ def signup(
 def logout(request: Request, form: CheckedForm, session: SessionDep, person: Person) -> Response:
     """Revoke the session's token everywhere, then forget the cookie."""
     if person.token_id:
-        minutes = request.app.state.settings.access_token_minutes
-        people.revoke_token(session, person.token_id, utcnow() + timedelta(minutes=minutes))
+        people.log_out(session, person.token_id, request.app.state.settings)
     response = redirect(request, "/ui/login")
     forget_cookie(request, response, SESSION_COOKIE)
     return response
 
 
 # --- configs ------------------------------------------------------------------------------------
-
-
-def has_key(document: Any, path: list[str]) -> bool:
-    for part in path:
-        if not isinstance(document, dict) or part not in document:
-            return False
-        document = document[part]
-    return True
 
 
 @router.get("")
@@ -380,17 +360,11 @@ def configs(
     key: Annotated[str, Query(max_length=500)] = "",
 ) -> Response:
     """The configs the person may read; searched by service or environment, and by key."""
-    items = queries.list_readable(session, person)
+    path = parse_key(key.strip()) if key.strip() else None
+    items = queries.list_readable(session, person, has_key=path)
     words = q.lower().split()
     if words:
         items = [c for c in items if all(w in f"{c.service} {c.environment}" for w in words)]
-    if key.strip():
-        path = parse_key(key.strip())
-        items = [
-            c
-            for c in items
-            if has_key(queries.get(session, c.service, c.environment).document, path)
-        ]
     return render(request, "configs.html", items=items, q=q, key=key)
 
 
@@ -815,7 +789,7 @@ def _keys_page(
 ) -> Response:
     exists, owner = people.service_owner(session, service)
     authorize_owner_or_admin(person, service, owner, exists, "manage API keys")
-    rows = [k for k in people.list_api_keys(session, person) if k.service == service]
+    rows = people.list_api_keys(session, person, service)
     return render(
         request,
         "keys.html",
