@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp
 
 import configsync
 from configsync import docs, exception_handlers, health, logs
@@ -24,6 +27,22 @@ from configsync.runtime import Runtime
 from configsync.settings import Settings, get_settings
 
 
+class ConfigSyncAPI(FastAPI):
+    """FastAPI with an edge: raw ASGI layers that run before FastAPI's own middleware
+    (ServerErrorMiddleware and the rest), which cost more than a cached answer on the hot read
+    path and on every woken long poll. What the edge does not answer goes on through them."""
+
+    def __init__(self, *, edge: list[Middleware], **kwargs: Any) -> None:
+        self.edge = edge  # outermost first
+        super().__init__(**kwargs)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        app = super().build_middleware_stack()
+        for cls, args, kwargs in reversed(self.edge):
+            app = cls(app, *args, **kwargs)
+        return app
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.signing_key()  # refuse to start without one (production), or make one (development)
@@ -38,7 +57,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             runtime.stop()
 
-    app = FastAPI(
+    edge = [
+        # Request ids, the body limit and the request log apply to every request.
+        Middleware(
+            RequestGuard,
+            max_body=settings.max_document_bytes + BODY_OVERHEAD,
+            log=runtime.access_log,
+        ),
+        Middleware(
+            CachedReads,
+            authenticator=runtime.authenticator,
+            reader=runtime.reader,
+            count=settings.metrics,
+            max_wait=settings.max_wait_seconds,
+        ),
+    ]
+    app = ConfigSyncAPI(
+        edge=edge,
+        telemetry=None
+        if settings.opentelemetry
+        else {"tracing": False, "metrics": False, "logs": False},
         title=settings.project_name,
         version=configsync.__version__,
         description="Event-sourced, versioned configuration store for microservices.",
@@ -58,22 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.vault = runtime.vault
     app.state.change_feed = runtime.feed
     if settings.metrics:
-        # Inside the fast path, which counts its own answers: every request reaching the router.
+        # Behind the fast path, which counts its own answers: every request reaching the router.
         app.add_middleware(RequestMetrics)
-    app.add_middleware(
-        CachedReads,
-        authenticator=runtime.authenticator,
-        reader=runtime.reader,
-        count=settings.metrics,
-        max_wait=settings.max_wait_seconds,
-    )
-    # Added last, so outermost: request ids, the body limit and the request log apply to every
-    # request.
-    app.add_middleware(
-        RequestGuard,
-        max_body=settings.max_document_bytes + BODY_OVERHEAD,
-        log=runtime.access_log,
-    )
     exception_handlers.install(app, max_depth=settings.max_document_depth)
     docs.install(app)
     routers = (

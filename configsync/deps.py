@@ -9,7 +9,6 @@ is answered as an error, never as a success that was then lost.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -17,6 +16,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from configsync.db import unit_of_work
+from configsync.middleware import new_request_id
 from configsync.settings import Settings
 
 
@@ -42,7 +42,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 def request_id(request: Request) -> str:
     rid = getattr(request.state, "request_id", None)
-    return rid or uuid.uuid4().hex
+    return rid or new_request_id()
 
 
 def client_name(request: Request) -> str | None:

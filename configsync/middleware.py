@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
+import secrets
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -14,6 +16,23 @@ from configsync.hygiene import check_form_body, check_json_body, check_query
 from configsync.logs import AccessLog
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_id_prefix = secrets.token_hex(8)
+_id_counter = itertools.count()
+
+
+def new_request_id() -> str:
+    """32 hex characters, unique: this process's random half and a counter (uuid4 cost 4% of a
+    cached read's CPU)."""
+    return f"{_id_prefix}{next(_id_counter):016x}"
+
+
+def _renew_prefix() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix, _id_counter = secrets.token_hex(8), itertools.count()
+
+
+os.register_at_fork(after_in_child=_renew_prefix)  # a forked worker must not repeat its parent's
+
 # Room for the envelope around a document (reason, expected_version, whitespace).
 BODY_OVERHEAD = 64 * 1024
 
@@ -48,7 +67,7 @@ class RequestGuard:
                 length = value
             elif name == b"content-type":
                 content_type = value
-        rid = incoming if incoming and REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        rid = incoming if incoming and REQUEST_ID.fullmatch(incoming) else new_request_id()
         state = scope.setdefault("state", {})
         state["request_id"] = rid
         rid_header = (b"x-request-id", rid.encode())

@@ -128,3 +128,78 @@ def test_process_logs_are_json_lines_and_repeated_lines_wait_for_debug(
     logging.getLogger("celery.app.trace").info("Task z succeeded")
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "INFO celery.app.trace: Task z succeeded" in err
+
+
+def test_an_unexpected_error_is_answered_500_with_its_request_id_and_logged(
+    pg_api: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The request guard sits outside FastAPI's error middleware: the 500 it writes for an
+    exception nobody handled still carries the request's id, and the log line says 500."""
+    from fastapi.testclient import TestClient
+
+    from configsync.auth.deps import get_caller
+
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    app = pg_api.app
+    app.dependency_overrides[get_caller] = broken
+    try:
+        client = TestClient(app, raise_server_exceptions=False)
+        answer = client.get("/v1/configs", headers={"X-Request-Id": "crash-7"})
+    finally:
+        app.dependency_overrides.clear()
+    assert answer.status_code == 500
+    assert answer.headers["x-request-id"] == "crash-7"
+    app.state.runtime.access_log.flush()
+    line = next(x for x in access_lines(capsys.readouterr().err) if x["request_id"] == "crash-7")
+    assert line["status"] == 500
+
+
+def test_request_ids_made_here_are_unique_and_a_forked_process_makes_its_own() -> None:
+    import os
+    import re
+
+    from configsync.middleware import new_request_id
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the ids it makes go to the parent
+        os.close(read)
+        os.write(write, " ".join(new_request_id() for _ in range(1000)).encode())
+        os._exit(0)
+    os.close(write)
+    ours = [new_request_id() for _ in range(1000)]
+    with os.fdopen(read) as pipe:
+        theirs = pipe.read().split()
+    os.waitpid(pid, 0)
+    assert len(theirs) == 1000
+    assert len(set(ours) | set(theirs)) == 2000
+    assert all(re.fullmatch(r"[0-9a-f]{32}", rid) for rid in ours + theirs)
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_fastapi_opentelemetry_is_consulted_only_when_switched_on(
+    pg: Any, pg_url: str, enabled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off by default: FastAPI then does not look for configured OpenTelemetry providers on
+    every request (7% of a cached read); `CONFIGSYNC_OPENTELEMETRY=true` turns it back on."""
+    from opentelemetry import trace
+
+    asked: list[int] = []
+    real = trace.get_tracer_provider
+
+    def counted() -> Any:
+        asked.append(1)
+        return real()
+
+    monkeypatch.setattr(trace, "get_tracer_provider", counted)
+    generator = make_api(pg_url, pg, opentelemetry=enabled)
+    api = next(generator)
+    try:
+        asked.clear()
+        for _ in range(3):
+            assert api.get("/health/live").status_code == 200
+    finally:
+        generator.close()
+    assert (len(asked) >= 3) is enabled
