@@ -265,3 +265,46 @@ def test_a_waiter_whose_client_left_is_gone_at_once(tmp_path: Any, pg_url: str, 
         for client in clients:
             client.close()  # the services went away (a deploy, a crash)
         assert eventually(lambda: waiting() == 0, 5)  # not after the 60 s wait
+
+
+def test_the_registry_wakes_its_waiters_from_another_thread_in_one_loop_callback() -> None:
+    """10,000 waiters woken by the change feed's thread: one hand-over to the event loop (not one
+    each), every waiter woken, a wake between two waits kept for the next, a timeout and a
+    departed client told apart from a wake, and nobody left registered."""
+    import asyncio
+
+    from configsync.configs.waiters import Waiters
+
+    waiters = Waiters()
+    key = ("pay", "prod")
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        handed: list[object] = []
+        real = loop.call_soon_threadsafe
+
+        def counted(callback: Any, *args: Any) -> Any:
+            handed.append(callback)
+            return real(callback, *args)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        watches = [waiters.watch(key).__enter__() for _ in range(10_000)]
+        other = waiters.watch(("pay", "dev")).__enter__()
+        woken = asyncio.gather(*(w.wait(30) for w in watches))
+        await asyncio.sleep(0)
+        threading.Thread(target=waiters.wake, args=(key,)).start()
+        assert await asyncio.wait_for(woken, 10) == [True] * 10_000
+        assert len(handed) == 1
+        # Woken while not waiting: the next wait returns at once, and only that one.
+        await asyncio.to_thread(waiters.wake, key)
+        assert await asyncio.wait_for(watches[0].wait(30), 1) is True
+        assert await watches[0].wait(0.05) is False
+        # A client that leaves ends the wait, which is not a wake.
+        left = loop.create_future()
+        loop.call_later(0.05, left.set_result, None)
+        assert await asyncio.wait_for(other.wait(30, until=left), 1) is False
+        for watch in [*watches, other]:
+            watch.__exit__(None, None, None)
+        assert not waiters._waiting
+
+    asyncio.run(run())

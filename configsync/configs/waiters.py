@@ -16,7 +16,6 @@ import asyncio
 import threading
 from collections import defaultdict
 from types import TracebackType
-from typing import Any
 
 from configsync.metrics import WAITERS
 
@@ -24,15 +23,20 @@ Key = tuple[str, str]
 
 
 class Watch:
-    """One request's registration for a key; use as a context manager."""
+    """One request's registration for a key; use as a context manager.
 
-    __slots__ = ("_event", "_key", "_loop", "_waiters")
+    Lives on its event loop: `_set` runs there (Waiters hands a wake over in one callback for
+    all the waiters it wakes), and `wait` costs one future and one timer, no task.
+    """
+
+    __slots__ = ("_future", "_key", "_loop", "_waiters", "_woken")
 
     def __init__(self, waiters: Waiters, key: Key) -> None:
         self._waiters = waiters
         self._key = key
         self._loop = asyncio.get_running_loop()
-        self._event = asyncio.Event()
+        self._woken = False
+        self._future: asyncio.Future[None] | None = None
 
     def __enter__(self) -> Watch:
         self._waiters._add(self._key, self)
@@ -48,22 +52,47 @@ class Watch:
         self._waiters._discard(self._key, self)
         WAITERS.dec()
 
-    def wake(self) -> None:
-        self._loop.call_soon_threadsafe(self._event.set)
+    def _set(self) -> None:
+        self._woken = True
+        _resolve(self._future)
 
     async def wait(self, timeout: float, until: asyncio.Future[None] | None = None) -> bool:
         """Wait until woken (since the last wait), `until` is done, or `timeout` seconds; True
         if woken."""
-        woken = asyncio.ensure_future(self._event.wait())
-        try:
-            pending: set[asyncio.Future[Any]] = {woken}
+        if not self._woken:
+            future = self._future = self._loop.create_future()
+            timer = self._loop.call_later(timeout, _resolve, future)
             if until is not None:
-                pending.add(until)
-            await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            return woken.done()
-        finally:
-            woken.cancel()
-            self._event.clear()
+                until.add_done_callback(future_resolver := lambda _: _resolve(future))
+            try:
+                await future
+            finally:
+                timer.cancel()
+                self._future = None
+                if until is not None:
+                    until.remove_done_callback(future_resolver)
+        woken, self._woken = self._woken, False
+        return woken
+
+
+def _resolve(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
+
+
+def _set_all(watches: list[Watch]) -> None:
+    for watch in watches:
+        watch._set()
+
+
+def _wake(watches: list[Watch]) -> None:
+    """One callback per event loop for all of `watches` (10,000 thread-safe calls would each
+    take the GIL from the loop and write to its wake-up pipe)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Watch]] = {}
+    for watch in watches:
+        by_loop.setdefault(watch._loop, []).append(watch)
+    for loop, group in by_loop.items():
+        loop.call_soon_threadsafe(_set_all, group)
 
 
 class Waiters:
@@ -89,12 +118,10 @@ class Waiters:
         """Thread-safe: called from request threads and the change-feed thread."""
         with self._lock:
             watches = list(self._waiting.get(key, ()))
-        for watch in watches:
-            watch.wake()
+        _wake(watches)
 
     def wake_all(self) -> None:
         """Every waiter, whatever its key (the change feed connected or dropped)."""
         with self._lock:
             watches = [watch for group in self._waiting.values() for watch in group]
-        for watch in watches:
-            watch.wake()
+        _wake(watches)
