@@ -160,3 +160,55 @@ def test_warming_stops_at_the_bound_and_keeps_no_batch_a_change_overtook(pg_api:
     reader._entry = entry_then_a_write
     reader.warm(batch=4)
     assert len(reader.cache) == 0  # every batch was overtaken: none kept
+
+
+def test_an_idle_change_feed_does_no_database_work_and_notices_a_killed_connection(
+    pg: Any, pg_url: str
+) -> None:
+    """The listener asks the database nothing while nothing changes (TCP keepalives watch the
+    connection), hears a NOTIFY at once, and when its connection is killed it says so (the
+    caches go off) and connects again (they come back, emptied)."""
+    import threading
+    import time
+
+    from sqlalchemy import text
+
+    from configsync.feed import CHANNEL, ChangeFeed, ConfigMoved, encode
+    from tests.conftest import eventually
+
+    def listeners() -> list[Any]:
+        with pg.connect() as conn:
+            query = (
+                "SELECT pid, query, state_change FROM pg_stat_activity "
+                "WHERE application_name = 'configsync-change-feed'"
+            )
+            return [row for row in conn.execute(text(query)) if row.pid not in others]
+
+    def listener() -> Any:
+        found = listeners()
+        return found[0] if len(found) == 1 else None
+
+    others: set[int] = set()
+    others = {row.pid for row in listeners()}  # feeds of other tests' apps, if still about
+    heard: list[object] = []
+    connects, drops = threading.Semaphore(0), threading.Semaphore(0)
+    feed = ChangeFeed(pg_url, heard.append, connects.release, drops.release)
+    feed.start()
+    try:
+        assert connects.acquire(timeout=10)
+
+        before = eventually(listener)
+        time.sleep(2.5)
+        after = listener()
+        assert after == before and after.query == f"LISTEN {CHANNEL}"  # no query since
+        with pg.begin() as conn:
+            message = ConfigMoved("pay", "prod", 3)
+            conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": encode(message)})
+        assert eventually(lambda: heard == [message], seconds=5)
+        with pg.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": after.pid})
+        assert drops.acquire(timeout=10) and not feed.connected.is_set()
+        assert connects.acquire(timeout=10)
+        assert eventually(lambda: (row := listener()) is not None and row.pid != after.pid)
+    finally:
+        feed.stop()
