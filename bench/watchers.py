@@ -5,7 +5,10 @@ Starts `configsync serve` (one process, PostgreSQL), opens N long polls of one c
 (`If-None-Match` + `?wait=`), each on its own connection, then measures over an idle period the
 server's CPU and the database's transactions, then writes once and times every poll's answer.
 Prints: idle CPU (% of a core), database transactions/s while idle, wake latency p50/p99/max,
-answers and dropped connections, resident memory per watcher.
+answers and dropped connections, resident memory per watcher. Then the baseline, in the same
+run: the trivial FastAPI app (bench/trivial_app.py, one uvicorn process with the same settings)
+holding as many requests on an asyncio.Event and answering them all with the same document when
+it is set; the ratio of the two p99s says how far ConfigSync is from what uvicorn itself costs.
 
 Usage: python -m bench.watchers [--watchers 1000] [--idle 10]
 """
@@ -17,19 +20,23 @@ import asyncio
 import os
 import resource
 import signal
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 from sqlalchemy import text
 
 from bench._common import MASTER_KEY, fresh_database, percentile
-from bench.read import serve, server_env
+from bench.read import TRIVIAL_UVICORN, serve, server_env
 from bench.read_many import resident_kib
 from configsync.db import make_engine
 
 PORT = 18761
+TRIVIAL_PORT = 18762
 
 
 def _cpu_seconds(group: int) -> float:
@@ -38,23 +45,53 @@ def _cpu_seconds(group: int) -> float:
     return cpu(group)
 
 
-def _transactions(url: str) -> int:
-    engine = make_engine(url)
-    with engine.connect() as conn:
-        found = conn.execute(
-            text(
-                "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = "
-                "current_database()"
-            )
-        ).scalar()
-    engine.dispose()
-    return int(found or 0)
+class ServerStatements:
+    """What the server's own database connections do: each poll sees, for every backend serving
+    a connection of the server's process, whether it ran a statement since the last poll
+    (`pg_stat_activity.state_change` moved). Autovacuum and this probe are not counted, as the
+    database-wide transaction counters would."""
+
+    QUERY = text(
+        "SELECT pid, state_change FROM pg_stat_activity WHERE client_port = ANY(:ports) "
+        "AND client_addr IS NOT NULL"
+    )
+
+    def __init__(self, url: str, server: int) -> None:
+        self._conn = make_engine(url).connect().execution_options(isolation_level="AUTOCOMMIT")
+        self._server = server
+        self._seen: dict[int, object] = {}
+        self.statements = 0
+
+    def _ports(self) -> list[int]:
+        lines = subprocess.run(
+            ["ss", "-tnpH", "state", "established", "( dport = :5432 )"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+        return [
+            int(line.split()[2].rpartition(":")[2])
+            for line in lines
+            if f"pid={self._server}," in line
+        ]
+
+    def poll(self) -> None:
+        self._conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+        for pid, changed in self._conn.execute(self.QUERY, {"ports": self._ports()}):
+            if pid in self._seen and self._seen[pid] != changed:
+                self.statements += 1
+            self._seen[pid] = changed
+
+    def close(self) -> None:
+        self._conn.close()
 
 
-async def _poll(path: bytes, answered: list[float], dropped: list[str], ready: list[int]) -> None:
+async def _poll(
+    port: int, request: bytes, answered: list[float], dropped: list[str], ready: list[int]
+) -> None:
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
-        writer.write(path)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
         await writer.drain()
         ready.append(1)
         status = await reader.readline()
@@ -66,48 +103,83 @@ async def _poll(path: bytes, answered: list[float], dropped: list[str], ready: l
         dropped.append(repr(exc))
 
 
-async def _run(args: argparse.Namespace, url: str, server: int, key: str) -> None:
+class Held:
+    """N requests, each on its own connection, waiting on one server."""
+
+    def __init__(self, port: int, request: bytes, count: int) -> None:
+        self.answered: list[float] = []
+        self.dropped: list[str] = []
+        self.ready: list[int] = []
+        self.count = count
+        self.tasks: list[asyncio.Task[None]] = []
+        self._args = (port, request, self.answered, self.dropped, self.ready)
+
+    async def open(self) -> None:
+        for i in range(self.count):
+            self.tasks.append(asyncio.create_task(_poll(*self._args)))
+            if i % 200 == 199:
+                await asyncio.sleep(0.05)  # do not flood the accept queue
+        while len(self.ready) + len(self.dropped) < self.count:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(3)  # every request reached its wait
+
+    async def woken_by(self, trigger: Callable[[], object]) -> list[float]:
+        """Latencies (ms) of every answer after `trigger` runs (in a thread)."""
+        began = time.monotonic()
+        await asyncio.to_thread(trigger)
+        await asyncio.wait_for(asyncio.gather(*self.tasks), 120)
+        return [(t - began) * 1000 for t in self.answered]
+
+    def report(self, latencies: list[float]) -> str:
+        return (
+            f"{len(latencies) - len(self.dropped)} answered 200, {len(self.dropped)} not; "
+            f"p50 {percentile(latencies, 50):.0f} ms, p99 {percentile(latencies, 99):.0f} ms, "
+            f"max {max(latencies):.0f} ms"
+            + (f"; first problems: {self.dropped[:3]}" if self.dropped else "")
+        )
+
+
+async def _ours(args: argparse.Namespace, url: str, server: int, key: str) -> list[float]:
     request = (
         f"GET /v1/configs/bench/prod?wait=120 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         f'X-API-Key: {key}\r\nIf-None-Match: "1"\r\n\r\n'
     ).encode()
-    answered: list[float] = []
-    dropped: list[str] = []
-    ready: list[int] = []
+    held = Held(PORT, request, args.watchers)
     rss_before = resident_kib(server)
-    tasks = []
-    for i in range(args.watchers):
-        tasks.append(asyncio.create_task(_poll(request, answered, dropped, ready)))
-        if i % 200 == 199:
-            await asyncio.sleep(0.05)  # do not flood the accept queue
-    while len(ready) + len(dropped) < args.watchers:
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(3)  # every request reached its wait
+    await held.open()
     rss_after = resident_kib(server)
-    cpu_before, xact_before = _cpu_seconds(server), _transactions(url)
-    await asyncio.sleep(args.idle)
+    # Each API process writes when its keys were last used every 5 s: the polls' arrival once.
+    await asyncio.sleep(6)
+    statements = ServerStatements(url, server)
+    statements.poll()
+    cpu_before, idle_end = _cpu_seconds(server), time.monotonic() + args.idle
+    while time.monotonic() < idle_end:
+        await asyncio.sleep(0.2)
+        statements.poll()
     cpu_idle = _cpu_seconds(server) - cpu_before
-    xacts = _transactions(url) - xact_before - 2  # the two reads of the counter itself
+    statements.close()
     print(f"{args.watchers} long polls waiting on one API process")
     print(
-        f"  idle: {cpu_idle / args.idle * 100:.1f}% of a core, {xacts / args.idle:.1f} "
-        "database transactions/s"
+        f"  idle: {cpu_idle / args.idle * 100:.1f}% of a core; the server's database "
+        f"connections ran statements {statements.statements} times in {args.idle:.0f} s "
+        "(polled every 0.2 s)"
     )
     print(f"  resident memory per watcher: {(rss_after - rss_before) * 1024 / args.watchers:.0f} B")
-    written = time.monotonic()
-    await asyncio.to_thread(_write, url)
-    await asyncio.wait_for(asyncio.gather(*tasks), 60)
-    latencies = [(t - written) * 1000 for t in answered]
-    print(
-        f"  after a write: {len(latencies) - len(dropped)} answered 200, {len(dropped)} not "
-        f"(dropped or other status)"
+    latencies = await held.woken_by(lambda: _write(url))
+    print(f"  after a write: {held.report(latencies)}")
+    return latencies
+
+
+async def _trivial(args: argparse.Namespace) -> list[float]:
+    request = b"GET /held HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    held = Held(TRIVIAL_PORT, request, args.watchers)
+    await held.open()
+    latencies = await held.woken_by(
+        lambda: httpx.post(f"http://127.0.0.1:{TRIVIAL_PORT}/release", timeout=60)
     )
-    print(
-        f"  wake latency: p50 {percentile(latencies, 50):.0f} ms, p99 "
-        f"{percentile(latencies, 99):.0f} ms, max {max(latencies):.0f} ms"
-    )
-    if dropped:
-        print(f"  first problems: {dropped[:3]}")
+    print(f"the trivial app (one process) answering {args.watchers} held requests at once")
+    print(f"  after the release: {held.report(latencies)}")
+    return latencies
 
 
 def _write(url: str) -> None:
@@ -137,16 +209,32 @@ def main() -> None:
     exe = str(Path(sys.executable).with_name("configsync"))
     from bench.read import seed
 
-    with fresh_database() as url:
+    with fresh_database() as url, tempfile.TemporaryDirectory() as tmp:
         key = seed(url)
         env = server_env(url, CONFIGSYNC_MAX_WAIT_SECONDS="120")
         server = serve([exe, "serve", "--port", str(PORT)], env, PORT)
         try:
-            httpx.get(f"http://127.0.0.1:{PORT}/v1/configs/bench/prod", headers={"X-API-Key": key})
-            asyncio.run(_run(args, url, server.pid, key))
+            answer = httpx.get(
+                f"http://127.0.0.1:{PORT}/v1/configs/bench/prod", headers={"X-API-Key": key}
+            )
+            ours = asyncio.run(_ours(args, url, server.pid, key))
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
+        body = Path(tmp) / "body.json"
+        body.write_bytes(answer.content)
+        one_worker = [*TRIVIAL_UVICORN, "--port", str(TRIVIAL_PORT), "bench.trivial_app:app"]
+        one_worker[one_worker.index("--workers") + 1] = "1"
+        trivial = serve(one_worker, {**env, "CONFIGSYNC_BENCH_BODY": str(body)}, TRIVIAL_PORT)
+        try:
+            baseline = asyncio.run(_trivial(args))
+        finally:
+            os.killpg(trivial.pid, signal.SIGTERM)
+            trivial.wait(timeout=30)
+    ratio = percentile(ours, 99) / percentile(baseline, 99)
+    print(
+        f"wake p99, ConfigSync / the trivial app: {ratio:.2f} (1.0: as fast as uvicorn can answer)"
+    )
 
 
 if __name__ == "__main__":
