@@ -18,6 +18,7 @@ from configsync.audit.log_endpoints import router as log_router
 from configsync.auth.endpoints import router as auth_router
 from configsync.configs.endpoints import router as configs_router
 from configsync.configs.fastpath import CachedReads
+from configsync.configs.fastwrite import DirectWrites
 from configsync.configs.legacy_endpoints import legacy as legacy_router
 from configsync.configs.secret_endpoints import router as secrets_router
 from configsync.console import pages as console
@@ -70,6 +71,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reader=runtime.reader,
             count=settings.metrics,
             max_wait=settings.max_wait_seconds,
+        ),
+        Middleware(
+            DirectWrites,
+            authenticator=runtime.authenticator,
+            sessions=runtime.session_factory,
+            settings=settings,
+            vault=runtime.vault,
+            path=runtime.write_path,
+            count=settings.metrics,
         ),
     ]
     app = ConfigSyncAPI(

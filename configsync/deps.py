@@ -46,4 +46,9 @@ def request_id(request: Request) -> str:
 
 
 def client_name(request: Request) -> str | None:
-    return (request.headers.get("user-agent") or "")[:200] or None
+    return client_of(request.headers.get("user-agent"))
+
+
+def client_of(user_agent: str | None) -> str | None:
+    """What the event's metadata records of the writing client: its User-Agent, cut short."""
+    return (user_agent or "")[:200] or None

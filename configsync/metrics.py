@@ -156,15 +156,35 @@ def count_read(fmt: str) -> None:
     READS.labels(fmt, "miss").inc()
 
 
+class RequestCounts:
+    """Requests by route template, method and status, and their durations. `labels()` costs more
+    than the increment it returns: children are kept per key."""
+
+    def __init__(self) -> None:
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._timers: dict[tuple[str, str], Any] = {}
+
+    def count(self, template: str, method: str, status: int, seconds: float) -> None:
+        counter = self._counters.get((template, method, status))
+        if counter is None:
+            counter = REQUESTS.labels(template, method, str(status))
+            self._counters[(template, method, status)] = counter
+        counter.inc()
+        timer = self._timers.get((template, method))
+        if timer is None:
+            timer = self._timers[(template, method)] = REQUEST_SECONDS.labels(template, method)
+        timer.observe(seconds)
+
+
+REQUEST_COUNTS = RequestCounts()
+
+
 class RequestMetrics:
     """ASGI middleware: every request that reaches FastAPI's router, by route template, method
-    and status (the cached fast path, in front of it, counts its own: FAST_PATH)."""
+    and status (the direct paths in front of it count their own: FAST_PATH, REQUEST_COUNTS)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        # `labels()` costs more than the increment it returns: children kept per key.
-        self._counters: dict[tuple[str, str, int], Any] = {}
-        self._timers: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -182,20 +202,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, sending)
         finally:
-            self._count(scope, status, time.perf_counter() - began)
-
-    def _count(self, scope: Scope, status: int, seconds: float) -> None:
-        template = getattr(scope.get("route"), "path", None) or "(unmatched)"
-        method = scope["method"]
-        counter = self._counters.get((template, method, status))
-        if counter is None:
-            counter = REQUESTS.labels(template, method, str(status))
-            self._counters[(template, method, status)] = counter
-        counter.inc()
-        timer = self._timers.get((template, method))
-        if timer is None:
-            timer = self._timers[(template, method)] = REQUEST_SECONDS.labels(template, method)
-        timer.observe(seconds)
+            template = getattr(scope.get("route"), "path", None) or "(unmatched)"
+            REQUEST_COUNTS.count(template, scope["method"], status, time.perf_counter() - began)
 
 
 class ProjectionCollector(Collector):

@@ -111,7 +111,7 @@ class RequestGuard:
         except InvalidInput as exc:
             await _refuse(send, exc)
             return
-        await self.app(scope, _replay(body, receive), send)
+        await self.app(scope, replay(body, receive), send)
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole body, or None once it passes the limit."""
@@ -152,17 +152,18 @@ def _check_body(body: bytes, content_type: bytes) -> None:
         check_json_body(body)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay(body: bytes, receive: Receive) -> Receive:
+    """`receive` as if `body` had not been read yet."""
     sent = False
 
-    async def replay() -> Message:
+    async def replayed() -> Message:
         nonlocal sent
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
         return await receive()  # http.disconnect, when it comes
 
-    return replay
+    return replayed
 
 
 async def _refuse(

@@ -24,11 +24,12 @@ from configsync.auth.permissions import (
 )
 from configsync.auth.service import service_owner
 from configsync.configs.commands import WriteContext, WritePath
-from configsync.configs.idempotency import IdempotencyKey, claim
+from configsync.configs.idempotency import IdempotencyKey, Used, claim
 from configsync.deps import SessionDep, SettingsDep, client_name, request_id
 from configsync.domain.documents import Limits
 from configsync.domain.names import validate_name
 from configsync.errors import NotFound
+from configsync.secrets.vault import Vault
 from configsync.settings import Settings
 
 
@@ -147,15 +148,38 @@ def write_context(
             timedelta(hours=settings.idempotency_key_hours),
         )
         used = claim(session, key)
+    return plain_write_context(
+        caller,
+        settings,
+        request.app.state.vault,
+        path,
+        request_id(request),
+        client_name(request),
+        idempotency=key,
+        used=used,
+    )
+
+
+def plain_write_context(
+    caller: Caller,
+    settings: Settings,
+    vault: Vault,
+    path: WritePath,
+    request_id: str,
+    client: str | None,
+    idempotency: IdempotencyKey | None = None,
+    used: Used | None = None,
+) -> WriteContext:
+    """Who writes, from which request, under which limits, along this process's write path."""
     return WriteContext(
         actor=caller.actor(),
-        vault=request.app.state.vault,
-        request_id=request_id(request),
-        client=client_name(request),
+        vault=vault,
+        request_id=request_id,
+        client=client,
         limits=limits(settings),
         max_reason_length=settings.max_reason_length,
         path=path,
-        idempotency=key,
+        idempotency=idempotency,
         used=used,
     )
 

@@ -225,22 +225,27 @@ def list_configs(session: SessionDep, caller: CallerDep) -> Response:
 
 
 def _expected(request: Request, body_expected: int | None) -> int | None:
-    header = parse_etag(request.headers.get("if-match"), "If-Match")
+    return expected_version(request.headers.get("if-match"), body_expected)
+
+
+def expected_version(if_match: str | None, body_expected: int | None) -> int | None:
+    header = parse_etag(if_match, "If-Match")
     if header is not None and body_expected is not None and header != body_expected:
         raise InvalidInput("If-Match and expected_version disagree; send one of them")
     return header if header is not None else body_expected
 
 
-def _write_document(
+def write_document(
     operation: Callable[..., WriteResult],
     body: ConfigWriteBody,
-    request: Request,
+    if_match: str | None,
     session: Session,
     access: ConfigAccess,
     ctx: WriteContext,
 ) -> Response:
-    """PUT and PATCH: the same checks, a different operation on the document."""
-    expected = _expected(request, body.expected_version)
+    """PUT and PATCH (here and on configsync.configs.fastwrite's direct path): the same checks,
+    a different operation on the document."""
+    expected = expected_version(if_match, body.expected_version)
     expect_existing(access, expected)
     result = operation(
         session,
@@ -273,7 +278,9 @@ def put_config(
     ctx: WriteContextDep,
 ) -> Response:
     """Replace the whole document (201 when it creates the config)."""
-    return _write_document(commands.replace, body, request, session, access, ctx)
+    return write_document(
+        commands.replace, body, request.headers.get("if-match"), session, access, ctx
+    )
 
 
 @router.patch(
@@ -289,7 +296,9 @@ def patch_config(
     ctx: WriteContextDep,
 ) -> Response:
     """Apply a JSON Merge Patch (RFC 7396) to the document: null removes a key."""
-    return _write_document(commands.patch, body, request, session, access, ctx)
+    return write_document(
+        commands.patch, body, request.headers.get("if-match"), session, access, ctx
+    )
 
 
 @router.delete(CONFIG_PATH, response_model=ConfigDeleted, responses=WRITE_ERRORS)

@@ -54,9 +54,9 @@ def cached_answer(
     return answer, caller, found
 
 
-class _Headers(dict[str, str]):
+class ScopeHeaders(dict[str, str]):
     @classmethod
-    def of(cls, scope: Scope) -> _Headers:
+    def of(cls, scope: Scope) -> ScopeHeaders:
         return cls((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"])
 
 
@@ -138,7 +138,7 @@ class CachedReads:
                 if not 0 <= wait < float("inf"):
                     return None
                 wait = min(wait, self.max_wait)
-        headers = _Headers.of(scope)
+        headers = ScopeHeaders.of(scope)
         try:
             read = ReadRequest(
                 service, environment, fmt, parse_etag(headers.get("if-none-match")), wait

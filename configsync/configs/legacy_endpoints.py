@@ -15,8 +15,10 @@ from deepdiff import DeepDiff
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import ValidationError
 from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
 
 from configsync.auth.deps import CallerDep
+from configsync.auth.permissions import Caller
 from configsync.configs import commands, queries
 from configsync.configs.auth import (
     WriteContextDep,
@@ -26,6 +28,7 @@ from configsync.configs.auth import (
     read_access,
     write_access,
 )
+from configsync.configs.commands import WriteContext
 from configsync.configs.endpoints import ReaderDep, shown
 from configsync.configs.schemas import (
     LegacyConfig,
@@ -157,6 +160,13 @@ def legacy_update(
     ctx: WriteContextDep,
 ) -> Response:
     """Create or replace a service's configuration (original ConfigSync)."""
+    return legacy_write(session, caller, body, ctx)
+
+
+def legacy_write(
+    session: Session, caller: Caller, body: LegacyUpdate, ctx: WriteContext
+) -> Response:
+    """POST /config/update's work (here and on configsync.configs.fastwrite's direct path)."""
     write_access(session, caller, body.name, body.environment)
     result = commands.replace(
         session, body.name, body.environment, body.config, ctx, reason=body.reason
