@@ -9,6 +9,7 @@ where it was. Duplicate keys in a JSON object are refused too: which one "wins" 
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
@@ -40,8 +41,17 @@ class BodyNotUTF8(InvalidInput):
     status_code = 400
 
 
-def check_json_body(raw: bytes) -> None:
+# What a JSON text must contain for one of its strings to hold U+0000 or a lone surrogate: an
+# escape (a raw NUL is not valid JSON, and UTF-8 cannot encode a surrogate). Without one, the
+# walk over every string is skipped (it cost 13% of a PUT's CPU). `\\u0000` (an escaped
+# backslash) matches too: the walk then finds nothing, as it should.
+_RISKY_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+MALFORMED = object()  # check_json_body's answer for a body that is not JSON
+
+
+def check_json_body(raw: bytes) -> Any:
     """A JSON body: UTF-8, no duplicate keys, no string the store cannot hold (keys included).
+    Returns the value (as json.loads gives it), or MALFORMED.
 
     Malformed JSON is left to the endpoint, which says what it expected.
     """
@@ -58,8 +68,10 @@ def check_json_body(raw: bytes) -> None:
     except RecursionError:
         raise InvalidInput("the JSON body is nested too deeply") from None
     except ValueError:
-        return
-    _check_strings(value)
+        return MALFORMED
+    if _RISKY_ESCAPE.search(raw):
+        _check_strings(value)
+    return value
 
 
 def check_form_body(raw: bytes) -> None:

@@ -43,8 +43,9 @@ from configsync.configs.schemas import ConfigWrite, LegacyUpdate
 from configsync.db import unit_of_work
 from configsync.deps import client_of
 from configsync.domain.names import NAME_PATTERN
+from configsync.hygiene import MALFORMED
 from configsync.metrics import CONFIG_ROUTE, REQUEST_COUNTS
-from configsync.middleware import new_request_id, replay
+from configsync.middleware import JSON_BODY, new_request_id, replay
 from configsync.secrets.vault import Vault
 from configsync.settings import Settings
 
@@ -85,11 +86,11 @@ class DirectWrites:
         began = time.perf_counter()
         route, headers = taken
         raw = await _whole_body(receive)
-        body = route.parse(raw)
+        state = scope.setdefault("state", {})
+        body = route.parse(raw, state.get(JSON_BODY, MALFORMED))
         if body is None:  # the endpoint says what is wrong with it
             await self.app(scope, replay(raw, receive), send)
             return
-        state = scope.setdefault("state", {})
         state["route"] = route.template  # for the request log (configsync.logs)
         try:
             response = await run_in_threadpool(self._write, route, body, headers, state)
@@ -142,7 +143,9 @@ class DirectWrites:
 @dataclass(frozen=True, slots=True)
 class Route:
     template: str  # for /metrics and the request log, as the router names it
-    parse: Callable[[bytes], Any | None]  # the body; None if the endpoint must refuse it
+    # The body, from its bytes or the value the request guard parsed; None if the endpoint must
+    # refuse it.
+    parse: Callable[[bytes, Any], Any | None]
     write: Callable[[Session, Caller, Any, ScopeHeaders, WriteContext], Response]
     json_only: bool = True
 
@@ -162,12 +165,12 @@ def _config_route(
     return Route(CONFIG_ROUTE, _parser(ConfigWrite), write)
 
 
-def _parser(model: type[BaseModel]) -> Callable[[bytes], Any | None]:
-    def parse(raw: bytes) -> Any | None:
+def _parser(model: type[BaseModel]) -> Callable[[bytes, Any], Any | None]:
+    def parse(raw: bytes, parsed: Any) -> Any | None:
         """The body as the endpoint has it (json.loads, then the model); None when it would
         refuse it, and say why."""
         try:
-            return model.model_validate(json.loads(raw))
+            return model.model_validate(json.loads(raw) if parsed is MALFORMED else parsed)
         except (ValueError, RecursionError, ValidationError):
             return None
 
