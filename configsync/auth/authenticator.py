@@ -16,7 +16,6 @@ from configsync.auth.permissions import Caller
 from configsync.auth.service import KEY_PREFIX, KeyRecord, hash_key
 from configsync.auth.usage import KeyUsage
 from configsync.cache import InvalidatingCache
-from configsync.db import utcnow
 from configsync.errors import Unauthorized
 from configsync.settings import Settings
 
@@ -72,7 +71,7 @@ class Authenticator:
         record = self.keys.get(hash_key(creds.value))
         if record is None:
             return None
-        if not record.usable(utcnow()):
+        if not record.usable():
             raise Unauthorized("invalid, expired or revoked API key")
         if self.usage is not None:
             self.usage.seen(record.id)
@@ -99,7 +98,7 @@ class Authenticator:
         if record is None:
             raise Unauthorized("invalid, expired or revoked API key")
         self.keys.fill(digest, record, generation)
-        if not record.usable(utcnow()):
+        if not record.usable():
             raise Unauthorized("invalid, expired or revoked API key")
         if self.usage is not None:
             self.usage.seen(record.id)

@@ -116,7 +116,7 @@ class DirectWrites:
         headers = ScopeHeaders.of(scope)
         if "idempotency-key" in headers:
             return None
-        media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
+        media_type = (headers.get("content-type") or "").partition(";")[0].strip().lower()
         if route.json_only and media_type != "application/json":
             return None
         return route, headers
