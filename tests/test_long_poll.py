@@ -269,8 +269,9 @@ def test_a_waiter_whose_client_left_is_gone_at_once(tmp_path: Any, pg_url: str, 
 
 def test_the_registry_wakes_its_waiters_from_another_thread_in_one_loop_callback() -> None:
     """10,000 waiters woken by the change feed's thread: one hand-over to the event loop (not one
-    each), every waiter woken, a wake between two waits kept for the next, a timeout and a
-    departed client told apart from a wake, and nobody left registered."""
+    each), every waiter woken (with a fetch: one fetch, its result handed to each), a wake
+    between two waits kept for the next, a timeout and a departed client told apart from a
+    wake, and nobody left registered."""
     import asyncio
 
     from configsync.configs.waiters import Waiters
@@ -295,6 +296,22 @@ def test_the_registry_wakes_its_waiters_from_another_thread_in_one_loop_callback
         threading.Thread(target=waiters.wake, args=(key,)).start()
         assert await asyncio.wait_for(woken, 10) == [True] * 10_000
         assert len(handed) == 1
+        assert all(w.take_found() is None for w in watches)  # a plain wake brings nothing
+        # A wake with a fetch: it runs once, and every waiter is woken with what it fetched.
+        fetched: list[int] = []
+
+        async def fetch() -> str:
+            fetched.append(1)
+            await asyncio.sleep(0.01)
+            return "the config as read"
+
+        woken = asyncio.gather(*(w.wait(30) for w in watches))
+        await asyncio.sleep(0)
+        threading.Thread(target=waiters.wake, args=(key, fetch)).start()
+        assert await asyncio.wait_for(woken, 10) == [True] * 10_000
+        assert fetched == [1] and len(handed) == 2
+        assert all(w.take_found() == "the config as read" for w in watches)
+        assert all(w.take_found() is None for w in watches)  # taken once
         # Woken while not waiting: the next wait returns at once, and only that one.
         await asyncio.to_thread(waiters.wake, key)
         assert await asyncio.wait_for(watches[0].wait(30), 1) is True

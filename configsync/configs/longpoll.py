@@ -46,7 +46,12 @@ async def wait_past(
                 break  # nobody to answer
             if not woken and trusted:
                 continue  # the deadline (or the feed dropped: the loop re-times the wait)
-            found = await reader.refresh(read.service, read.environment)
+            brought = watch.take_found()  # the read the wake made once for all its waiters
+            found = (
+                brought
+                if brought is not None
+                else await reader.refresh(read.service, read.environment)
+            )
             answer = decide(caller, found, read)
     finally:
         left.cancel()

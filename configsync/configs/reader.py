@@ -11,6 +11,7 @@ import asyncio
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import select, tuple_
@@ -251,4 +252,4 @@ class ConfigReader:
                 return
             self._heard[key] = message.version
         self.cache.invalidate(key)
-        self.waiters.wake(key)
+        self.waiters.wake(key, partial(self.refresh, message.service, message.environment))

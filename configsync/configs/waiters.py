@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from types import TracebackType
+from typing import Any
 
 from configsync.metrics import WAITERS
 
@@ -29,13 +31,14 @@ class Watch:
     all the waiters it wakes), and `wait` costs one future and one timer, no task.
     """
 
-    __slots__ = ("_future", "_key", "_loop", "_waiters", "_woken")
+    __slots__ = ("_found", "_future", "_key", "_loop", "_waiters", "_woken")
 
     def __init__(self, waiters: Waiters, key: Key) -> None:
         self._waiters = waiters
         self._key = key
         self._loop = asyncio.get_running_loop()
         self._woken = False
+        self._found: Any = None
         self._future: asyncio.Future[None] | None = None
 
     def __enter__(self) -> Watch:
@@ -52,9 +55,16 @@ class Watch:
         self._waiters._discard(self._key, self)
         WAITERS.dec()
 
-    def _set(self) -> None:
+    def _set(self, found: Any = None) -> None:
         self._woken = True
+        self._found = found
         _resolve(self._future)
+
+    def take_found(self) -> Any:
+        """What the wake brought (the config as read once for all the key's waiters), or None:
+        then the waiter reads it itself."""
+        found, self._found = self._found, None
+        return found
 
     async def wait(self, timeout: float, until: asyncio.Future[None] | None = None) -> bool:
         """Wait until woken (since the last wait), `until` is done, or `timeout` seconds; True
@@ -80,19 +90,38 @@ def _resolve(future: asyncio.Future[None] | None) -> None:
         future.set_result(None)
 
 
-def _set_all(watches: list[Watch]) -> None:
-    for watch in watches:
-        watch._set()
+Fetch = Callable[[], Awaitable[Any]]
+_fetching: set[asyncio.Future[Any]] = set()  # the loop keeps only weak references to tasks
 
 
-def _wake(watches: list[Watch]) -> None:
+def _set_all(watches: list[Watch], fetch: Fetch | None = None) -> None:
+    """On the watches' loop: wake them, or first fetch what they will all read (once), then wake
+    them with it: 10,000 waiters then do not each await one shared read."""
+    if fetch is None:
+        for watch in watches:
+            watch._set()
+        return
+    fetched = asyncio.ensure_future(fetch())
+    _fetching.add(fetched)
+
+    def done(future: asyncio.Future[Any]) -> None:
+        _fetching.discard(future)
+        failed = future.cancelled() or future.exception() is not None
+        found = None if failed else future.result()
+        for watch in watches:
+            watch._set(found)
+
+    fetched.add_done_callback(done)
+
+
+def _wake(watches: list[Watch], fetch: Fetch | None = None) -> None:
     """One callback per event loop for all of `watches` (10,000 thread-safe calls would each
     take the GIL from the loop and write to its wake-up pipe)."""
     by_loop: dict[asyncio.AbstractEventLoop, list[Watch]] = {}
     for watch in watches:
         by_loop.setdefault(watch._loop, []).append(watch)
     for loop, group in by_loop.items():
-        loop.call_soon_threadsafe(_set_all, group)
+        loop.call_soon_threadsafe(_set_all, group, fetch)
 
 
 class Waiters:
@@ -114,11 +143,13 @@ class Waiters:
             if not self._waiting[key]:
                 del self._waiting[key]
 
-    def wake(self, key: Key) -> None:
-        """Thread-safe: called from request threads and the change-feed thread."""
+    def wake(self, key: Key, fetch: Fetch | None = None) -> None:
+        """Thread-safe: called from request threads and the change-feed thread. With `fetch`,
+        each loop runs it once and hands its result to the waiters it wakes (`take_found`)."""
         with self._lock:
             watches = list(self._waiting.get(key, ()))
-        _wake(watches)
+        if watches:
+            _wake(watches, fetch)
 
     def wake_all(self) -> None:
         """Every waiter, whatever its key (the change feed connected or dropped)."""
