@@ -17,7 +17,6 @@ PATCH, is not `application/json`, a name that does not match the pattern.
 from __future__ import annotations
 
 import inspect
-import json
 import re
 import time
 from collections.abc import Callable
@@ -45,7 +44,7 @@ from configsync.deps import client_of
 from configsync.domain.names import NAME_PATTERN
 from configsync.hygiene import MALFORMED
 from configsync.metrics import CONFIG_ROUTE, REQUEST_COUNTS
-from configsync.middleware import JSON_BODY, new_request_id, replay
+from configsync.middleware import JSON_BODY, new_request_id
 from configsync.secrets.vault import Vault
 from configsync.settings import Settings
 
@@ -85,11 +84,13 @@ class DirectWrites:
             return
         began = time.perf_counter()
         route, headers = taken
-        raw = await _whole_body(receive)
+        # The body as json.loads gives it, parsed by the request guard (which hands the bytes
+        # on unread): the endpoint gets them untouched if the body is not taken here.
         state = scope.setdefault("state", {})
-        body = route.parse(raw, state.get(JSON_BODY, MALFORMED))
+        parsed = state.get(JSON_BODY, MALFORMED)
+        body = None if parsed is MALFORMED else route.parse(parsed)
         if body is None:  # the endpoint says what is wrong with it
-            await self.app(scope, replay(raw, receive), send)
+            await self.app(scope, receive, send)
             return
         state["route"] = route.template  # for the request log (configsync.logs)
         try:
@@ -143,9 +144,7 @@ class DirectWrites:
 @dataclass(frozen=True, slots=True)
 class Route:
     template: str  # for /metrics and the request log, as the router names it
-    # The body, from its bytes or the value the request guard parsed; None if the endpoint must
-    # refuse it.
-    parse: Callable[[bytes, Any], Any | None]
+    parse: Callable[[Any], Any | None]  # the body's model; None if the endpoint must refuse it
     write: Callable[[Session, Caller, Any, ScopeHeaders, WriteContext], Response]
     json_only: bool = True
 
@@ -165,12 +164,12 @@ def _config_route(
     return Route(CONFIG_ROUTE, _parser(ConfigWrite), write)
 
 
-def _parser(model: type[BaseModel]) -> Callable[[bytes, Any], Any | None]:
-    def parse(raw: bytes, parsed: Any) -> Any | None:
+def _parser(model: type[BaseModel]) -> Callable[[Any], Any | None]:
+    def parse(value: Any) -> Any | None:
         """The body as the endpoint has it (json.loads, then the model); None when it would
         refuse it, and say why."""
         try:
-            return model.model_validate(json.loads(raw) if parsed is MALFORMED else parsed)
+            return model.model_validate(value)
         except (ValueError, RecursionError, ValidationError):
             return None
 
