@@ -118,7 +118,7 @@ class RequestGuard:
             # The value json.loads gives for the body: the direct write path takes it from here
             # instead of parsing the body a second time.
             scope["state"][JSON_BODY] = parsed
-        await self.app(scope, replay(body, receive), send)
+        await self.app(scope, _replay(body, receive), send)
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole body, or None once it passes the limit."""
@@ -161,7 +161,7 @@ def _check_body(body: bytes, content_type: bytes) -> Any:
     return check_json_body(body)
 
 
-def replay(body: bytes, receive: Receive) -> Receive:
+def _replay(body: bytes, receive: Receive) -> Receive:
     """`receive` as if `body` had not been read yet."""
     sent = False
 

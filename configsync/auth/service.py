@@ -302,12 +302,12 @@ class KeyRecord:
     expires_at: datetime | None
     revoked: bool
 
-    def usable(self, now: datetime | None = None) -> bool:
-        """Not revoked and not expired (at `now`; the clock is read only for a key that
-        expires: a cached read pays for no clock otherwise)."""
+    def usable(self) -> bool:
+        """Not revoked and not expired (the clock is read only for a key that expires: a
+        cached read pays for no clock otherwise)."""
         if self.revoked:
             return False
-        return self.expires_at is None or self.expires_at > (now or utcnow())
+        return self.expires_at is None or self.expires_at > utcnow()
 
     def caller(self) -> Caller:
         return Caller(

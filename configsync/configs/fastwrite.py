@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from configsync.auth.authenticator import Authenticator, credentials
 from configsync.auth.permissions import Caller
@@ -56,7 +56,8 @@ OPERATIONS: dict[str, Callable[..., WriteResult]] = {
 
 
 class DirectWrites:
-    """ASGI middleware: PUT and PATCH /v1/configs/{service}/{environment}, when it can."""
+    """ASGI middleware: PUT and PATCH /v1/configs/{service}/{environment} and POST
+    /config/update, when it can."""
 
     def __init__(
         self,
@@ -183,18 +184,6 @@ LEGACY_UPDATE = Route(
     lambda session, caller, body, _headers, ctx: legacy_write(session, caller, body, ctx),
     json_only=False,
 )
-
-
-async def _whole_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        message: Message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
 
 
 async def _handled(scope: Scope, receive: Receive, exc: Exception) -> Response:
