@@ -320,7 +320,12 @@ def test_keyboard_and_phone_width(
         is_mobile=True,
     )
     me.go("/ui/login")
-    # By keyboard alone: the field has focus, Tab moves on, Enter submits.
+    # By keyboard alone: the field has focus, Tab moves on, Enter submits. Chromium applies
+    # `autofocus` at its next rendering update, which can come after the load event on a busy
+    # machine: wait for the focus a person would see before typing, as they would.
+    from playwright.sync_api import expect
+
+    expect(me.page.locator("#login")).to_be_focused()
     me.page.keyboard.type("dev@example.com")
     me.page.keyboard.press("Tab")
     me.page.keyboard.type(PASSWORD)
