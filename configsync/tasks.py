@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from celery import Celery, signals
 from sqlalchemy.orm import Session, sessionmaker
 
-from configsync.audit.log import LogSigner, NoSigningKey, publish, sign_checkpoint
+from configsync.audit.log import CheckpointClock, LogSigner, NoSigningKey, publish, sign_checkpoint
 from configsync.db import make_engine, make_session_factory, unit_of_work
 from configsync.events import StoredEvent
 from configsync.settings import Settings, get_settings
@@ -95,9 +96,16 @@ def run_projections(factory: sessionmaker[Session], settings: Settings) -> dict[
     return {**applied, "audit_file": written, "checkpoint": sign_due_checkpoint(factory, settings)}
 
 
+# Per session factory (one per process and database): when a checkpoint can next be due.
+_CLOCKS: WeakKeyDictionary[sessionmaker[Session], CheckpointClock] = WeakKeyDictionary()
+
+
 def sign_due_checkpoint(factory: sessionmaker[Session], settings: Settings) -> int:
     """Sign the tree if it grew and the interval has passed; publish it outside the database.
     Returns the signed tree size (0: none was due, or no key is configured)."""
+    clock = _CLOCKS.setdefault(factory, CheckpointClock())
+    if clock.waiting():
+        return 0
     try:
         signer = LogSigner.from_settings(settings)
     except NoSigningKey as exc:
@@ -105,9 +113,10 @@ def sign_due_checkpoint(factory: sessionmaker[Session], settings: Settings) -> i
         return 0
     interval = timedelta(seconds=settings.checkpoint_interval_seconds)
     with unit_of_work(factory) as session:
-        signed = sign_checkpoint(session, signer, min_interval=interval)
+        signed = sign_checkpoint(session, signer, min_interval=interval, clock=clock)
     if signed is None:
         return 0
+    clock.not_before = signed.signed_at + interval  # committed: the next is due from here
     publish(signed, settings)
     return signed.tree_size
 

@@ -188,6 +188,8 @@ class AuditFile:
                     os.fsync(handle.fileno())
                     written += len(rows)
                     last = rows[-1].position
+                    if len(rows) < batch_size:
+                        break  # that was the end of the table
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         return written

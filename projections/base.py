@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from sqlalchemy import BigInteger, String, select, text
+from sqlalchemy import BigInteger, String, bindparam, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from configsync.db import Base, UTCDateTime, upsert, utcnow
+from configsync.db import Base, UTCDateTime, insert_missing, upsert, utcnow
 from configsync.events import StoredEvent, hash_at, read_after, read_heads_after
 
 
@@ -42,17 +42,49 @@ def checkpoint(session: Session, name: str) -> int:
     return int(found or 0)
 
 
+# The runner's statements are built once: a catch-up runs them for every task the API sends
+# (tens a second under write load), and building them per call cost more than running them.
+_CHECKPOINT = select(CheckpointRow.position, CheckpointRow.event_hash).where(
+    CheckpointRow.name == bindparam("name")
+)
+_CHECKPOINT_FOR_UPDATE = _CHECKPOINT.with_for_update()
+_MOVE = (
+    update(CheckpointRow)
+    .where(CheckpointRow.name == bindparam("projection"))
+    .where(CheckpointRow.position < bindparam("to_position"))
+    .values(
+        position=bindparam("to_position"),
+        event_hash=bindparam("to_hash"),
+        updated_at=bindparam("at"),
+    )
+)
+
+
 def move_checkpoint(session: Session, name: str, event: StoredEvent) -> None:
     """Record that `name` has applied everything up to `event`; never moves backwards."""
+    values = {
+        "name": name,
+        "position": event.position,
+        "event_hash": event.hash,
+        "updated_at": utcnow(),
+    }
+    # The row is there whenever the runner moves it (its claim made it): one plain UPDATE.
+    moved = session.connection().execute(
+        _MOVE,
+        {
+            "projection": name,
+            "to_position": event.position,
+            "to_hash": event.hash,
+            "at": values["updated_at"],
+        },
+    )
+    if moved.rowcount:
+        return
+    # No row yet, or one already further on (which the condition leaves as it is).
     upsert(
         session,
         CheckpointRow,
-        {
-            "name": name,
-            "position": event.position,
-            "event_hash": event.hash,
-            "updated_at": utcnow(),
-        },
+        values,
         key=["name"],
         update=["position", "event_hash", "updated_at"],
         where=CheckpointRow.position < event.position,
@@ -89,22 +121,22 @@ def _claim(session: Session, name: str) -> int:
     after checking that the log still holds the event recorded there (else LogRewritten).
 
     Two workers catching up at once would otherwise both read "after 41" and both apply 42.
-    The row lock makes the second wait and then read the checkpoint the first moved.
+    The row lock makes the second wait and then read the checkpoint the first moved. The row
+    is made the first time only (two first workers both insert-if-missing, then both lock it).
     """
-    query = select(CheckpointRow.position, CheckpointRow.event_hash).where(
-        CheckpointRow.name == name
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(
-            text(
-                "INSERT INTO projection_checkpoints (name, position, updated_at) "
-                "VALUES (:name, 0, :now) ON CONFLICT (name) DO NOTHING"
-            ),
-            {"name": name, "now": utcnow()},
-        )
-        query = query.with_for_update()
+    connection = session.connection()
     # (SQLite: BEGIN IMMEDIATE already holds the database.)
-    found = session.execute(query).first()
+    postgres = connection.dialect.name == "postgresql"
+    query = _CHECKPOINT_FOR_UPDATE if postgres else _CHECKPOINT
+    found = connection.execute(query, {"name": name}).first()
+    if found is None:
+        insert_missing(
+            session,
+            CheckpointRow,
+            [{"name": name, "position": 0, "updated_at": utcnow()}],
+            key=["name"],
+        )
+        found = connection.execute(query, {"name": name}).first()
     position = int(found.position) if found else 0
     recorded = found.event_hash if found else None
     if recorded is not None:

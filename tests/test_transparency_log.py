@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -13,16 +14,17 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from configsync import logverify
 from configsync.audit.log import LogSigner, sign_checkpoint
-from configsync.db import unit_of_work
+from configsync.db import make_session_factory, unit_of_work
 from configsync.domain.events import CONFIG_CHANGED, ConfigChanged
 from configsync.events import NewEvent, append_batch, format_instant, read_after, verify_chain
 from configsync.events.store import event_hash
-from configsync.settings import new_log_key
+from configsync.settings import Settings, new_log_key
+from configsync.tasks import sign_due_checkpoint
 from projections import merkle
 from projections.base import LogRewritten, catch_up
 from projections.merkle import MerkleProjection
@@ -128,6 +130,58 @@ def test_proofs_on_larger_trees_and_wrong_proofs_fail(sessions: sessionmaker[Ses
 
 
 # --- signed checkpoints -------------------------------------------------------------------------
+
+
+def test_the_worker_looks_for_a_due_checkpoint_once_per_interval(
+    sessions: sessionmaker[Session], engine: Engine, tmp_path: Path
+) -> None:
+    # The worker asks after every catch-up (tens of times a second under write load); until
+    # the interval since the last checkpoint it found or signed has passed, the answer needs no
+    # statement at all, and once it has, the tree is signed as before.
+    settings = Settings(
+        database_url=str(engine.url),
+        log_signing_key=new_log_key(),
+        checkpoint_log=str(tmp_path / "checkpoints.log"),
+        checkpoint_interval_seconds=0.5,
+    )
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    _tree(sessions, 3)
+    assert sign_due_checkpoint(sessions, settings) == 3  # the first is due at once
+    with unit_of_work(sessions) as session:
+        _events(session, 2, start=3)
+    catch_up(sessions, MerkleProjection())
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert sign_due_checkpoint(sessions, settings) == 0  # the tree grew, but too soon
+        assert statements == []
+        time.sleep(0.6)
+        assert sign_due_checkpoint(sessions, settings) == 5
+        assert statements  # it looked, and signed
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    notes = Path(settings.checkpoint_log).read_text().count("\u2014 ")
+    assert notes == 2
+
+    # A process that has not signed yet learns the moment from the checkpoint it finds: it
+    # looks once, then waits out the interval without asking again.
+    other = make_session_factory(engine)
+    with unit_of_work(sessions) as session:
+        _events(session, 1, start=5)
+    catch_up(sessions, MerkleProjection())
+    statements.clear()
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert sign_due_checkpoint(other, settings) == 0
+        looked = len(statements)
+        assert looked > 0
+        assert sign_due_checkpoint(other, settings) == 0
+        assert len(statements) == looked
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
 
 
 def test_checkpoints_verify_with_the_log_key_and_nothing_else(

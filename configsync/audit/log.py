@@ -90,16 +90,39 @@ def latest(session: Session) -> Signed | None:
     return Signed(row.tree_size, row.root_hash, row.note, row.signed_at) if row else None
 
 
+@dataclass
+class CheckpointClock:
+    """The earliest moment a checkpoint can next be due, as far as one process has seen: the
+    last checkpoint it found or signed, plus the interval. Until then `sign_checkpoint` needs
+    no look at the database (the worker asks after every catch-up, tens of times a second under
+    write load). Another process signing meanwhile only moves the real moment later."""
+
+    not_before: datetime | None = None
+
+    def waiting(self) -> bool:
+        return self.not_before is not None and utcnow() < self.not_before
+
+
 def sign_checkpoint(
-    session: Session, signer: LogSigner, *, min_interval: timedelta | None = None
+    session: Session,
+    signer: LogSigner,
+    *,
+    min_interval: timedelta | None = None,
+    clock: CheckpointClock | None = None,
 ) -> Signed | None:
     """Sign the tree as far as it reaches, if it grew since the last checkpoint (and, with
-    `min_interval`, if that long has passed); the new checkpoint, or None."""
+    `min_interval`, if that long has passed); the new checkpoint, or None. With a `clock`, the
+    interval is counted from what it remembers, and it learns when the last checkpoint was
+    signed (the caller tells it of a new one once that is committed)."""
+    if clock is not None and clock.waiting():
+        return None
     size = merkle.tree_size(session)
     previous = latest(session)
     if size == 0 or (previous is not None and previous.tree_size >= size):
         return None
     if min_interval and previous and utcnow() - previous.signed_at < min_interval:
+        if clock is not None:
+            clock.not_before = previous.signed_at + min_interval
         return None
     root = merkle.root(session, size)
     signed = Signed(size, root.hex(), signer.sign(size, root), utcnow())
