@@ -6,6 +6,7 @@ dialect-specific about connections lives here; the store adds only its lock stat
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -231,15 +232,29 @@ def upsert(
     condition, or a function of the row proposed (`excluded`) that makes one."""
     if not values:
         return
-    statement = _insert(session, table)
-    statement = statement.on_conflict_do_update(
-        index_elements=key,
-        set_={name: statement.excluded[name] for name in update},
-        where=where(statement.excluded) if callable(where) else where,
-    )
+    if where is None:  # built once per table: every write's `current` row comes here
+        dialect = session.get_bind().dialect.name
+        statement = _plain_upsert(dialect, getattr(table, "__table__", table), (*key,), (*update,))
+    else:
+        statement = _insert(session, table)
+        statement = statement.on_conflict_do_update(
+            index_elements=key,
+            set_={name: statement.excluded[name] for name in update},
+            where=where(statement.excluded) if callable(where) else where,
+        )
     # Rows as parameters, not as VALUES: the statement compiles once and is cached, however
     # many rows there are (SQLAlchemy still sends them as one multi-row INSERT).
     session.execute(statement, _one_or_many(values))
+
+
+@functools.cache
+def _plain_upsert(dialect: str, table: Any, key: tuple[str, ...], update: tuple[str, ...]) -> Any:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    return statement.on_conflict_do_update(
+        index_elements=list(key), set_={name: statement.excluded[name] for name in update}
+    )
 
 
 def insert_missing(

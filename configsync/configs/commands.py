@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from configsync.auth.models import ServiceRow
 from configsync.configs.idempotency import IdempotencyKey, Used, remember
-from configsync.configs.queries import get, missing, secret_paths, state_at
+from configsync.configs.queries import get, lock_and_read, missing, state_at
 from configsync.db import after_commit, insert_missing, utcnow
 from configsync.domain.actor import Actor
 from configsync.domain.documents import (
@@ -204,11 +204,9 @@ def _write(
     stream = stream_name(service, environment)
     # Held to the end of the transaction: the changes computed below are against the document
     # that is really current when the event is appended.
-    lock_stream(session, stream)
-    state = current.read(session, service, environment)
+    state, declared = lock_and_read(session, service, environment)
     version = state.version if state else 0
     exists = state is not None and not state.deleted
-    declared = secret_paths(session, service)
     new_service = state is None and declared is None
     if expected_version is not None and expected_version != version:
         raise VersionConflict(stream, expected_version, version)
@@ -555,8 +553,7 @@ def destroy_secrets(
         done = (replayed.event.data.get("secrets_destroyed") if replayed.event else None) or {}
         return Destruction(replayed, done.get("keys", []), done.get("through_version", 0))
     stream = stream_name(service, environment)
-    lock_stream(session, stream)
-    state = current.read(session, service, environment)
+    state, declared = lock_and_read(session, service, environment)
     if state is None:
         raise NotFound(f"config {service}/{environment} not found")
     if not 1 <= up_to_version <= state.version:
@@ -578,7 +575,7 @@ def destroy_secrets(
         return Destruction(_unchanged(state, plain), [], up_to_version)
     through = max([up_to_version, *(e.version for e in events if _keys_of([e]) & doomed)])
     sealer = ctx.vault.sealer(session, service, environment)
-    rule = ctx.vault.rule(secret_paths(session, service) or [])
+    rule = ctx.vault.rule(declared or [])
     stored = sealer.reseal(rule, plain, state.document)
     changes = compute_changes(state.document, stored)
     payload = ConfigChanged(

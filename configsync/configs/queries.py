@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.orm import Session
 
 from configsync.auth.models import ServiceRow
 from configsync.auth.permissions import Caller, readable
+from configsync.db import UTCDateTime
 from configsync.domain.documents import (
     Change,
     Document,
@@ -27,11 +28,12 @@ from configsync.domain.events import CONFIG_CHANGED, ConfigChanged, stream_name,
 from configsync.domain.names import DEFAULT_ENVIRONMENT, validate_name
 from configsync.domain.secrets import Path, envelopes, is_envelope, lookup, mask
 from configsync.errors import Deleted, InvalidInput, NotFound
-from configsync.events import StoredEvent, read_stream, stream_version, version_at
+from configsync.events import StoredEvent, lock_stream, read_stream, stream_version, version_at
 from configsync.events.canonical import loads
+from configsync.events.store import STREAM_LOCK_NAMESPACE
 from configsync.secrets.vault import Vault
 from projections import current, snapshots
-from projections.current import ConfigCurrentRow
+from projections.current import ConfigCurrentRow, CurrentConfig
 
 
 def missing(service: str, environment: str, state: current.CurrentConfig | None) -> NotFound:
@@ -440,10 +442,55 @@ _SECRET_PATHS = select(ServiceRow.secret_paths).where(ServiceRow.name == bindpar
 def secret_paths(session: Session, service: str) -> list[list[str]] | None:
     """The key paths a service's owner declared secret; None when the service does not exist."""
     row = session.connection().execute(_SECRET_PATHS, {"service": service}).first()
-    if row is None:
-        return None
-    paths: list[list[str]] = loads(row.secret_paths) if row.secret_paths else []
+    return None if row is None else _declared(row.secret_paths)
+
+
+def _declared(stored: str | None) -> list[list[str]]:
+    paths: list[list[str]] = loads(stored) if stored else []
     return paths
+
+
+_LOCK_AND_READ = text(
+    "SELECT * FROM configsync_lock_and_read(:namespace, :stream, :service, :environment)"
+).columns(o_updated_at=UTCDateTime())
+
+
+def lock_and_read(
+    session: Session, service: str, environment: str
+) -> tuple[CurrentConfig | None, list[list[str]] | None]:
+    """Hold the config's stream lock to the end of the transaction (configsync.events
+    .lock_stream), then read what a write computes its event from: the config's current state
+    (None if it never existed) and its service's declared secret paths (None if there is no
+    such service).
+
+    On PostgreSQL in one round trip, configsync_lock_and_read (migration 0012), whose read
+    after the lock sees every write committed before the lock was granted, as a statement of
+    its own would; on SQLite, whose write transaction already holds the database, the reads.
+    """
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        lock_stream(session, stream_name(service, environment))
+        return current.read(session, service, environment), secret_paths(session, service)
+    params = {
+        "namespace": STREAM_LOCK_NAMESPACE,
+        "stream": stream_name(service, environment),
+        "service": service,
+        "environment": environment,
+    }
+    row = connection.execute(_LOCK_AND_READ, params).one()
+    state = None
+    if row.o_version is not None:
+        state = CurrentConfig(
+            service=service,
+            environment=environment,
+            version=row.o_version,
+            document=loads(row.o_data),
+            deleted=row.o_deleted,
+            updated_at=row.o_updated_at,
+            updated_by=loads(row.o_updated_by),
+            position=row.o_position,
+        )
+    return state, _declared(row.o_secret_paths) if row.o_service_exists else None
 
 
 def _sets_plaintext(change: Change, path: list[str]) -> bool:
