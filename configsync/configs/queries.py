@@ -450,9 +450,14 @@ def _declared(stored: str | None) -> list[list[str]]:
     return paths
 
 
+# Named as `current`'s own columns, so that CurrentConfig.from_row reads the row.
 _LOCK_AND_READ = text(
-    "SELECT * FROM configsync_lock_and_read(:namespace, :stream, :service, :environment)"
-).columns(o_updated_at=UTCDateTime())
+    "SELECT :service AS service, :environment AS environment, o_version AS version,"
+    " o_data AS data, o_deleted AS deleted, o_updated_at AS updated_at,"
+    " o_updated_by AS updated_by, o_position AS position,"
+    " o_service_exists AS service_exists, o_secret_paths AS secret_paths"
+    " FROM configsync_lock_and_read(:namespace, :stream, :service, :environment)"
+).columns(updated_at=UTCDateTime())
 
 
 def lock_and_read(
@@ -478,19 +483,8 @@ def lock_and_read(
         "environment": environment,
     }
     row = connection.execute(_LOCK_AND_READ, params).one()
-    state = None
-    if row.o_version is not None:
-        state = CurrentConfig(
-            service=service,
-            environment=environment,
-            version=row.o_version,
-            document=loads(row.o_data),
-            deleted=row.o_deleted,
-            updated_at=row.o_updated_at,
-            updated_by=loads(row.o_updated_by),
-            position=row.o_position,
-        )
-    return state, _declared(row.o_secret_paths) if row.o_service_exists else None
+    state = CurrentConfig.from_row(row) if row.version is not None else None
+    return state, _declared(row.secret_paths) if row.service_exists else None
 
 
 def _sets_plaintext(change: Change, path: list[str]) -> bool:
