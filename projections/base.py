@@ -62,21 +62,11 @@ _MOVE = (
 
 def move_checkpoint(session: Session, name: str, event: StoredEvent) -> None:
     """Record that `name` has applied everything up to `event`; never moves backwards."""
-    values = {
-        "name": name,
-        "position": event.position,
-        "event_hash": event.hash,
-        "updated_at": utcnow(),
-    }
+    now = utcnow()
     # The row is there whenever the runner moves it (its claim made it): one plain UPDATE.
     moved = session.connection().execute(
         _MOVE,
-        {
-            "projection": name,
-            "to_position": event.position,
-            "to_hash": event.hash,
-            "at": values["updated_at"],
-        },
+        {"projection": name, "to_position": event.position, "to_hash": event.hash, "at": now},
     )
     if moved.rowcount:
         return
@@ -84,7 +74,7 @@ def move_checkpoint(session: Session, name: str, event: StoredEvent) -> None:
     upsert(
         session,
         CheckpointRow,
-        values,
+        {"name": name, "position": event.position, "event_hash": event.hash, "updated_at": now},
         key=["name"],
         update=["position", "event_hash", "updated_at"],
         where=CheckpointRow.position < event.position,
