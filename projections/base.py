@@ -61,23 +61,16 @@ _MOVE = (
 
 
 def move_checkpoint(session: Session, name: str, event: StoredEvent) -> None:
-    """Record that `name` has applied everything up to `event`; never moves backwards."""
-    now = utcnow()
-    # The row is there whenever the runner moves it (its claim made it): one plain UPDATE.
-    moved = session.connection().execute(
+    """Record that `name` has applied everything up to `event`; never moves backwards. The
+    row is there and locked: the runner's claim made it (`_claim`)."""
+    session.connection().execute(
         _MOVE,
-        {"projection": name, "to_position": event.position, "to_hash": event.hash, "at": now},
-    )
-    if moved.rowcount:
-        return
-    # No row yet, or one already further on (which the condition leaves as it is).
-    upsert(
-        session,
-        CheckpointRow,
-        {"name": name, "position": event.position, "event_hash": event.hash, "updated_at": now},
-        key=["name"],
-        update=["position", "event_hash", "updated_at"],
-        where=CheckpointRow.position < event.position,
+        {
+            "projection": name,
+            "to_position": event.position,
+            "to_hash": event.hash,
+            "at": utcnow(),
+        },
     )
 
 

@@ -111,11 +111,9 @@ def sign_checkpoint(
     clock: CheckpointClock | None = None,
 ) -> Signed | None:
     """Sign the tree as far as it reaches, if it grew since the last checkpoint (and, with
-    `min_interval`, if that long has passed); the new checkpoint, or None. With a `clock`, the
-    interval is counted from what it remembers, and it learns when the last checkpoint was
-    signed (the caller tells it of a new one once that is committed)."""
-    if clock is not None and clock.waiting():
-        return None
+    `min_interval`, if that long has passed); the new checkpoint, or None. A `clock` learns
+    when the last checkpoint was signed, if it is not due yet (the caller, which asks the clock
+    before coming here, tells it of a new one once that is committed)."""
     size = merkle.tree_size(session)
     previous = latest(session)
     if size == 0 or (previous is not None and previous.tree_size >= size):
