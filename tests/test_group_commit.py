@@ -115,6 +115,43 @@ def test_concurrent_appends_share_commits_and_stay_gapless(
         assert verify_chain(s).ok
 
 
+def test_a_batch_holds_one_item_per_key_and_the_others_wait_in_order(
+    commit_sessions: sessionmaker[Session],
+) -> None:
+    """Config writes are keyed by stream: a write is decided against the state the write before
+    it to the same stream committed, so two of one stream never share a batch."""
+    batches: list[list[tuple[str, int]]] = []
+    first, release = threading.Event(), threading.Event()
+
+    def work(_session: Session, items: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+        if not first.is_set():
+            first.set()
+            release.wait(10)  # until every item has queued behind this batch
+        batches.append(list(items))
+        return list(items)
+
+    group: GroupCommit[tuple[str, int], tuple[str, int]] = GroupCommit(
+        commit_sessions, work, key=lambda item: item[0]
+    )
+    queued = [("a", 1), ("a", 2), ("b", 1), ("a", 3), ("b", 2)]
+    with ThreadPoolExecutor(max_workers=1 + len(queued)) as pool:
+        lead = pool.submit(group.submit, ("lead", 0))
+        assert first.wait(5)
+        outcomes = []
+        for count, item in enumerate(queued, start=1):  # one at a time: the queue's order
+            outcomes.append(pool.submit(group.submit, item))
+            assert eventually(lambda count=count: group.waiting == count, seconds=5)
+        release.set()
+        assert lead.result() == ("lead", 0)
+        assert [outcome.result() for outcome in outcomes] == queued
+    assert batches == [
+        [("lead", 0)],
+        [("a", 1), ("b", 1)],
+        [("a", 2), ("b", 2)],
+        [("a", 3)],
+    ]
+
+
 def test_a_lone_writer_commits_at_once_and_is_durable_on_return(
     pg: Engine, commit_sessions: sessionmaker[Session]
 ) -> None:

@@ -13,9 +13,13 @@ transaction fails before its commit, every item is run again alone, so that one 
 fail the writes that happened to share its batch. If the commit itself fails, its outcome is
 unknown and every item of the batch gets that error, as a lone writer would.
 
+Items may name a key (`key`): a batch holds at most one item of each key, and the others wait,
+in order, for a later batch. The config writes' key is their stream: each is decided against
+the state the one before it committed.
+
 One batch is in flight per GroupCommit at a time, on a connection of its own (`for_database`).
-Writers often wait here while holding a connection of their own (a request holds its stream lock
-until the append is durable), so a shared pool could run out with every connection held by a
+Writers may wait here while holding a connection of their own (a request's session, with what it
+read before its write), so a shared pool could run out with every connection held by a
 waiting writer and none left for the leader. That connection is not pinged before each batch (a
 round trip in every batch's path); a batch that finds it dead is run again on a new one, which is
 safe because nothing can have been written on a dead connection.
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 from sqlalchemy import Engine
@@ -61,13 +65,19 @@ class GroupCommit(Generic[Item, Outcome]):
     """Run `work` for many threads' items in shared transactions; `submit` blocks until durable."""
 
     def __init__(
-        self, sessions: sessionmaker[Session], work: Work[Item, Outcome], *, max_batch: int = 64
+        self,
+        sessions: sessionmaker[Session],
+        work: Work[Item, Outcome],
+        *,
+        max_batch: int = 64,
+        key: Callable[[Item], Hashable] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be 1 or more")
         self._sessions = sessions
         self._work = work
         self._max_batch = max_batch
+        self._key = key
         self._lock = threading.Lock()
         self._queue: deque[_Slot[Item, Outcome]] = deque()
         self._committing = False
@@ -84,6 +94,7 @@ class GroupCommit(Generic[Item, Outcome]):
         work: Work[Item, Outcome],
         *,
         max_batch: int = 64,
+        key: Callable[[Item], Hashable] | None = None,
         lock_timeout: float | None = None,
         idle_in_transaction_timeout: float | None = None,
     ) -> GroupCommit[Item, Outcome]:
@@ -91,12 +102,14 @@ class GroupCommit(Generic[Item, Outcome]):
         engine = make_engine(
             url,
             pool_size=1,
-            max_overflow=0,
+            # A second connection for the rare short transaction of its own that a batch's
+            # work runs (the installation's first secret makes its fingerprint key so).
+            max_overflow=1,
             pool_pre_ping=False,
             lock_timeout=lock_timeout,
             idle_in_transaction_timeout=idle_in_transaction_timeout,
         )
-        group = cls(make_session_factory(engine), work, max_batch=max_batch)
+        group = cls(make_session_factory(engine), work, max_batch=max_batch, key=key)
         group._engine = engine
         return group
 
@@ -134,8 +147,7 @@ class GroupCommit(Generic[Item, Outcome]):
         with self._lock:
             if own in self._queue:
                 self._queue.remove(own)
-            count = min(len(self._queue), self._max_batch - 1)
-            batch = [own] + [self._queue.popleft() for _ in range(count)]
+            batch = self._take(own)
         try:
             self._commit(batch)
         finally:
@@ -147,6 +159,24 @@ class GroupCommit(Generic[Item, Outcome]):
                     self._queue[0].wake.set()
                 else:
                     self._committing = False
+
+    def _take(self, own: _Slot[Item, Outcome]) -> list[_Slot[Item, Outcome]]:
+        """The next batch: `own`, then queued items in order, one per key (under `_lock`)."""
+        if self._key is None:
+            count = min(len(self._queue), self._max_batch - 1)
+            return [own] + [self._queue.popleft() for _ in range(count)]
+        batch, keys, later = [own], {self._key(own.item)}, deque[_Slot[Item, Outcome]]()
+        while self._queue and len(batch) < self._max_batch:
+            slot = self._queue.popleft()
+            key = self._key(slot.item)
+            if key in keys:
+                later.append(slot)
+            else:
+                keys.add(key)
+                batch.append(slot)
+        later.extend(self._queue)
+        self._queue = later
+        return batch
 
     def _commit(self, batch: list[_Slot[Item, Outcome]]) -> None:
         self.items += len(batch)
