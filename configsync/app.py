@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         Middleware(
             DirectWrites,
             authenticator=runtime.authenticator,
-            sessions=runtime.session_factory,
+            sessions=runtime.write_sessions,
             settings=settings,
             vault=runtime.vault,
             path=runtime.write_path,

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, DateTime, Engine, create_engine, event
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -96,6 +96,11 @@ def make_engine(
     if ping:
         _ping_after_idle(engine)
     return engine
+
+
+def is_lock_timeout(error: DBAPIError) -> bool:
+    """Whether `error` is PostgreSQL's lock_timeout ending a lock wait (lock_not_available)."""
+    return getattr(error.orig, "pgcode", None) == "55P03"
 
 
 # A connection used less than this long ago is taken as alive without a ping.

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from configsync.auth.authenticator import Authenticator
 from configsync.auth.throttle import LoginThrottle
 from configsync.auth.usage import KeyUsage
-from configsync.configs.commands import ReadyWrite, WritePath, record
+from configsync.configs.commands import PendingWrite, WritePath, WriteResult, decide_and_record
 from configsync.configs.reader import ConfigReader
 from configsync.configs.receipts import ReadReceipts
 from configsync.db import make_engine, make_session_factory
@@ -38,11 +38,15 @@ class Runtime:
     settings: Settings
     engine: Engine
     session_factory: sessionmaker[Session]
+    # What configsync.configs.fastwrite's writes read before handing their write to the group
+    # commit (who the caller is, who owns the service): with a group, sessions of an engine of
+    # their own whose statements each commit alone, without BEGIN and COMMIT round trips.
+    write_sessions: sessionmaker[Session]
     authenticator: Authenticator
     login_throttle: LoginThrottle
     reader: ConfigReader
     dispatcher: Dispatcher
-    group: GroupCommit[ReadyWrite, StoredEvent] | None
+    group: GroupCommit[PendingWrite, WriteResult] | None
     feed: ChangeFeed | None
     write_path: WritePath
     vault: Vault
@@ -67,11 +71,12 @@ class Runtime:
         dispatcher = Dispatcher(settings, session_factory)
         # Group commit on PostgreSQL (configsync.events.group). Not on SQLite: there a request's
         # transaction holds the database's one write lock, which the group's transaction needs.
-        group: GroupCommit[ReadyWrite, StoredEvent] | None = None
+        group: GroupCommit[PendingWrite, WriteResult] | None = None
         if postgres and settings.group_commit:
             group = GroupCommit.for_database(
                 settings.database_url,
-                record,
+                decide_and_record,
+                key=lambda write: write.stream,
                 lock_timeout=settings.lock_timeout_seconds,
                 idle_in_transaction_timeout=settings.idle_in_transaction_timeout_seconds,
             )
@@ -83,10 +88,21 @@ class Runtime:
             service, environment = split_stream(event.stream)
             reader.changed(ConfigMoved(service, environment, event.version))
 
+        write_sessions = session_factory
+        if group is not None:
+            write_sessions = make_session_factory(
+                make_engine(
+                    settings.database_url,
+                    isolation_level="AUTOCOMMIT",
+                    lock_timeout=settings.lock_timeout_seconds,
+                )
+            )
+
         runtime = cls(
             settings=settings,
             engine=engine,
             session_factory=session_factory,
+            write_sessions=write_sessions,
             authenticator=Authenticator(
                 settings, KeyUsage(session_factory, settings.key_usage_flush_seconds)
             ),
@@ -155,5 +171,7 @@ class Runtime:
             self.access_log.stop()
         self.dispatcher.close()
         self.engine.dispose()
+        if self.write_sessions is not self.session_factory:
+            self.write_sessions.kw["bind"].dispose()
         if self.group is not None:
             self.group.close()

@@ -1,10 +1,12 @@
 """The config domain's one write path: replace, merge-patch, delete, roll back, promote.
 
-Commands take the caller's Session and never commit: the caller's unit of work does, and the
-work registered with `after_commit` (the write path's listeners: task dispatch, this process's
-caches and long polls) runs only once it has. How appends reach the store (alone, or through a
-group commit shared with other writers) and who is told after commit is the `WritePath` in the
-WriteContext: passed in, never looked up.
+Commands take the caller's Session and never commit. A write is checked in the caller's
+thread, then decided against its config's state under the config's stream lock, appended and
+committed: in the caller's transaction, which the caller's unit of work commits before the work
+registered with `after_commit` (the write path's listeners: task dispatch, this process's caches
+and long polls) runs; or, on PostgreSQL, in a group commit's batch shared with other writers
+(configsync.events.group), durable when the command returns. Which of the two, and who is told
+after commit, is the `WritePath` in the WriteContext: passed in, never looked up.
 """
 
 from __future__ import annotations
@@ -12,17 +14,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from dataclasses import replace as evolve
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from configsync.auth.models import ServiceRow
 from configsync.configs.idempotency import IdempotencyKey, Used, remember
 from configsync.configs.queries import get, lock_and_read, missing, state_at
-from configsync.db import after_commit, insert_missing, utcnow
+from configsync.db import after_commit, insert_missing, is_lock_timeout, utcnow
 from configsync.domain.actor import Actor
 from configsync.domain.documents import (
     Document,
@@ -51,7 +53,13 @@ from configsync.domain.events import (
 )
 from configsync.domain.names import validate_name
 from configsync.domain.secrets import check_not_reserved, key_ids, mask
-from configsync.errors import AlreadyExists, InvalidInput, NotFound, VersionConflict
+from configsync.errors import (
+    AlreadyExists,
+    ConfigSyncError,
+    InvalidInput,
+    NotFound,
+    VersionConflict,
+)
 from configsync.events import (
     NewEvent,
     StoredEvent,
@@ -78,13 +86,13 @@ EventListener = Callable[[StoredEvent], None]
 class WritePath:
     """How a process's writes reach the store, and who hears of them after commit.
 
-    `group`: on PostgreSQL the API hands appends to a group commit (configsync.events.group),
-    so concurrent writers share transactions and commits; None appends in the writer's own
-    transaction. `listeners`: told of every committed event (the task dispatcher, this process's
-    read cache and long polls).
+    `group`: on PostgreSQL the API hands its writes to a group commit (configsync.events.group)
+    that locks, decides and appends many in one transaction and one commit (decide_and_record);
+    None does that for each write in its writer's own transaction. `listeners`: told of every
+    committed event (the task dispatcher, this process's read cache and long polls).
     """
 
-    group: GroupCommit[ReadyWrite, StoredEvent] | None = None
+    group: GroupCommit[PendingWrite, WriteResult] | None = None
     listeners: tuple[EventListener, ...] = ()
 
 
@@ -201,93 +209,187 @@ def _write(
     check_reason(reason, ctx.max_reason_length)
     if ctx.used is not None:
         return _replay(session, ctx.used, ctx.vault)
-    stream = stream_name(service, environment)
-    # Held to the end of the transaction: the changes computed below are against the document
-    # that is really current when the event is appended.
-    state, declared = lock_and_read(session, service, environment)
+    pending = PendingWrite(
+        service,
+        environment,
+        ctx,
+        None if deleting else new_document,
+        reason,
+        expected_version,
+        action,
+        rollback_of,
+        promoted_from,
+    )
+    if ctx.path.group is not None:
+        # Decided, appended and committed in a batch shared with other writers, under the
+        # batch's stream locks: durable when this returns, so the listeners hear of it now.
+        result = ctx.path.group.submit(pending)
+        if result.event is not None:
+            for listener in ctx.path.listeners:
+                listener(result.event)
+        return result
+    (outcome,) = decide_and_record(session, [pending])
+    if isinstance(outcome, Exception):
+        raise outcome
+    if outcome.event is not None:
+        _on_commit(session, ctx, outcome.event)
+    return outcome
+
+
+@dataclass(frozen=True, slots=True)
+class PendingWrite:
+    """A write authorized and checked, to be decided against its config's state under the
+    config's stream lock: in its writer's own transaction, or in a group commit's batch."""
+
+    service: str
+    environment: str
+    ctx: WriteContext
+    new_document: Callable[[Document], Document] | None  # from the old plaintext; None: delete
+    reason: str | None
+    expected_version: int | None
+    action: str | None = None
+    rollback_of: int | None = None
+    promoted_from: dict[str, Any] | None = None
+
+    @property
+    def stream(self) -> str:
+        return stream_name(self.service, self.environment)
+
+
+class StreamsBusy(Exception):
+    """A batch's stream locks could not all be had in time (the cause says which wait ended)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    """A write that changes its config: what to append, and what its answer needs."""
+
+    ready: ReadyWrite
+    document: Document  # plaintext
+    stored: Document  # secret values sealed
+    exists: bool
+
+
+def decide_and_record(
+    session: Session, writes: Sequence[PendingWrite]
+) -> list[WriteResult | Exception]:
+    """Lock the writes' streams, decide each against its config's state, append the events of
+    those that change something and apply the inline projections, in `session`'s transaction.
+
+    One outcome per write, in order: its result, or the error that refused it alone (a stale
+    expected version, a document the limits refuse, a config to delete that is not there).
+    Used for one write in its writer's own transaction, and for many by the group commit, whose
+    batches hold at most one write per stream.
+    """
+    try:
+        states = lock_and_read(session, [(w.service, w.environment) for w in writes])
+    except OperationalError as error:
+        if len(writes) > 1 and is_lock_timeout(error):
+            # A stream held too long by another transaction: not every write's fault. Raised
+            # as what the group commit runs again write by write, so that only that stream's
+            # writers wait it out (and get the timeout); the others go through at once.
+            raise StreamsBusy from error
+        raise
+    decided: list[_Decided | WriteResult | Exception] = []
+    for write, (state, declared) in zip(writes, states, strict=True):
+        try:
+            decided.append(_decide(session, write, state, declared))
+        except ConfigSyncError as refused:
+            decided.append(refused)
+    appended = iter(record(session, [d.ready for d in decided if isinstance(d, _Decided)]))
+    outcomes: list[WriteResult | Exception] = []
+    for write, decision in zip(writes, decided, strict=True):
+        if not isinstance(decision, _Decided):
+            outcomes.append(decision)
+            continue
+        event = next(appended)
+        outcomes.append(event if isinstance(event, Exception) else _changed(write, decision, event))
+    return outcomes
+
+
+def _decide(
+    session: Session,
+    write: PendingWrite,
+    state: current.CurrentConfig | None,
+    declared: list[list[str]] | None,
+) -> _Decided | WriteResult:
+    """The event a write appends to a config in `state` (its current state, read under its
+    stream lock), or its unchanged result if the document it makes is the current one."""
+    ctx = write.ctx
     version = state.version if state else 0
     exists = state is not None and not state.deleted
-    new_service = state is None and declared is None
-    if expected_version is not None and expected_version != version:
-        raise VersionConflict(stream, expected_version, version)
+    if write.expected_version is not None and write.expected_version != version:
+        raise VersionConflict(write.stream, write.expected_version, version)
     # current.read parsed the document just now: it is ours. The builders of the new document
     # (replace, merge patch, rollback, promote) never modify `old`, so neither needs a copy.
     # They work on plaintext; what is stored has every secret value sealed.
     old_stored: Document = state.document if exists and state else {}
     old: Document = ctx.vault.open(session, old_stored)
-
-    if deleting:
+    deleting = write.new_document is None
+    if write.new_document is None:
         if not exists:
-            raise missing(service, environment, state)
+            raise missing(write.service, write.environment, state)
         new: Document = {}
     else:
-        assert new_document is not None
-        new = new_document(old)
+        new = write.new_document(old)
         if exists and state and documents_equal(old, new):
             if ctx.idempotency is not None:
-                remember(session, [ctx.idempotency.row(stream, state.version, changed=False)])
+                remember(session, [ctx.idempotency.row(write.stream, version, changed=False)])
             return _unchanged(state, old)
 
-    sealer = ctx.vault.sealer(session, service, environment)
+    sealer = ctx.vault.sealer(session, write.service, write.environment)
     rule = ctx.vault.rule(declared or [])
     stored = sealer.seal(rule, new, old, old_stored)
     changes = compute_changes(old_stored, stored)
-    if deleting:
-        action = DELETED
-    elif action is None:
-        action = UPDATED if exists else CREATED
+    action = DELETED if deleting else write.action or (UPDATED if exists else CREATED)
     payload = ConfigChanged(
         action=action,
         changes=changes,
-        reason=reason,
-        rollback_of=rollback_of,
+        reason=write.reason,
+        rollback_of=write.rollback_of,
         deleted=deleting,
-        promoted_from=promoted_from,
+        promoted_from=write.promoted_from,
     )
     ready = ReadyWrite(
-        event=NewEvent(stream, version, payload.to_data(), ctx.metadata(), type=CONFIG_CHANGED),
-        # Computed here, outside the append lock, and by the same code that rebuilds `current`.
+        event=NewEvent(
+            write.stream, version, payload.to_data(), ctx.metadata(), type=CONFIG_CHANGED
+        ),
+        # Computed by the same code that rebuilds `current`.
         document_json=canonical_json(current.next_document(old_stored, changes)),
-        creates_service=new_service,
+        creates_service=state is None and declared is None,
         owner_id=ctx.actor.id if ctx.actor.kind == "user" else None,
         idempotency=ctx.idempotency,
         keys=tuple(sealer.pending),
     )
-    event = _append(session, ctx, ready)
+    return _Decided(ready, new, stored, exists)
+
+
+def _changed(write: PendingWrite, decided: _Decided, event: StoredEvent) -> WriteResult:
+    deleting = write.new_document is None
     return WriteResult(
-        service=service,
-        environment=environment,
+        service=write.service,
+        environment=write.environment,
         version=event.version,
-        document=new,
+        document=decided.document,
         changed=True,
-        created=not exists and not deleting,
+        created=not decided.exists and not deleting,
         deleted=deleting,
         updated_at=event.recorded_at,
-        updated_by=ctx.actor.as_json(),
+        updated_by=write.ctx.actor.as_json(),
         event=event,
-        stored=stored,
+        stored=decided.stored,
     )
 
 
-def _append(session: Session, ctx: WriteContext, ready: ReadyWrite) -> StoredEvent:
-    """Append one ready write along the context's write path; listeners hear of it on commit."""
-    if ctx.path.group is not None:
-        # Durable when this returns, in a transaction shared with other writers; this session
-        # still holds the stream lock, which its commit releases.
-        event = ctx.path.group.submit(ready)
-    else:
-        (outcome,) = record(session, [ready])
-        if isinstance(outcome, Exception):
-            raise outcome
-        event = outcome
+def _on_commit(session: Session, ctx: WriteContext, event: StoredEvent) -> None:
+    """Tell the write path's listeners of `event` once `session`'s transaction commits."""
     for listener in ctx.path.listeners:
         after_commit(session, _bind(listener, event))
-    return event
 
 
 @dataclass(frozen=True, slots=True)
 class ReadyWrite:
-    """A write computed under its stream lock: its event and what the inline projections need."""
+    """A write decided under its stream lock: its event and what the inline projections need."""
 
     event: NewEvent
     document_json: str  # the document after the event, canonical JSON
@@ -304,6 +406,8 @@ def record(session: Session, writes: Sequence[ReadyWrite]) -> list[StoredEvent |
     stale expected version; a service created by someone else since the write was authorized).
     Used for one write in the writer's own transaction, and for many by the group commit.
     """
+    if not writes:  # every write of a batch was refused or changed nothing
+        return []
     outcomes: list[StoredEvent | Exception | None] = [None] * len(writes)
     for index, error in _create_services(session, writes).items():
         outcomes[index] = error
@@ -553,7 +657,7 @@ def destroy_secrets(
         done = (replayed.event.data.get("secrets_destroyed") if replayed.event else None) or {}
         return Destruction(replayed, done.get("keys", []), done.get("through_version", 0))
     stream = stream_name(service, environment)
-    state, declared = lock_and_read(session, service, environment)
+    ((state, declared),) = lock_and_read(session, [(service, environment)])
     if state is None:
         raise NotFound(f"config {service}/{environment} not found")
     if not 1 <= up_to_version <= state.version:
@@ -599,8 +703,11 @@ def destroy_secrets(
         idempotency=ctx.idempotency,
         keys=tuple(sealer.pending),
     )
-    # The direct path, not the group: the event and the keys' destruction commit together.
-    event = _append(session, evolve(ctx, path=WritePath(None, ctx.path.listeners)), ready)
+    # In this transaction, not the group's: the event and the keys' destruction commit together.
+    (event,) = record(session, [ready])
+    if isinstance(event, Exception):
+        raise event
+    _on_commit(session, ctx, event)
     destroyed = ctx.vault.destroy(session, doomed)
     notify(session, [KeysDestroyed(tuple(destroyed))])
     result = WriteResult(
@@ -651,8 +758,7 @@ def record_reveal(
         ctx.metadata(),
         type=SECRETS_REVEALED,
     )
-    for listener in ctx.path.listeners:
-        after_commit(session, _bind(listener, event))
+    _on_commit(session, ctx, event)
     return event
 
 

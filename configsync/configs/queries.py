@@ -450,41 +450,51 @@ def _declared(stored: str | None) -> list[list[str]]:
     return paths
 
 
-# Named as `current`'s own columns, so that CurrentConfig.from_row reads the row.
+# Named as `current`'s own columns, so that CurrentConfig.from_row reads the rows.
 _LOCK_AND_READ = text(
-    "SELECT :service AS service, :environment AS environment, o_version AS version,"
-    " o_data AS data, o_deleted AS deleted, o_updated_at AS updated_at,"
-    " o_updated_by AS updated_by, o_position AS position,"
-    " o_service_exists AS service_exists, o_secret_paths AS secret_paths"
-    " FROM configsync_lock_and_read(:namespace, :stream, :service, :environment)"
+    "SELECT o_service AS service, o_environment AS environment, o_version AS version,"
+    " o_data AS data,"
+    " o_deleted AS deleted, o_updated_at AS updated_at, o_updated_by AS updated_by,"
+    " o_position AS position, o_service_exists AS service_exists,"
+    " o_secret_paths AS secret_paths"
+    " FROM configsync_lock_and_read_many(:namespace, :streams, :services, :environments)"
 ).columns(updated_at=UTCDateTime())
 
+# What a write computes its event from: the config's current state (None if it never existed)
+# and its service's declared secret paths (None if there is no such service).
+WriteState = tuple[CurrentConfig | None, list[list[str]] | None]
 
-def lock_and_read(
-    session: Session, service: str, environment: str
-) -> tuple[CurrentConfig | None, list[list[str]] | None]:
-    """Hold the config's stream lock to the end of the transaction (configsync.events
-    .lock_stream), then read what a write computes its event from: the config's current state
-    (None if it never existed) and its service's declared secret paths (None if there is no
-    such service).
 
-    On PostgreSQL in one round trip, configsync_lock_and_read (migration 0012), whose read
-    after the lock sees every write committed before the lock was granted, as a statement of
-    its own would; on SQLite, whose write transaction already holds the database, the reads.
+def lock_and_read(session: Session, configs: list[tuple[str, str]]) -> list[WriteState]:
+    """Hold the stream locks of `configs` ((service, environment) pairs) to the end of the
+    transaction (configsync.events.lock_stream), then read each one's WriteState, in order.
+
+    On PostgreSQL in one round trip, configsync_lock_and_read_many (migration 0013), which takes
+    the locks in a fixed order (two batches sharing streams cannot deadlock) and whose read,
+    after every lock is granted, sees every write committed before, as a statement of its own
+    would; on SQLite, whose write transaction already holds the database, the reads.
     """
     connection = session.connection()
     if connection.dialect.name != "postgresql":
-        lock_stream(session, stream_name(service, environment))
-        return current.read(session, service, environment), secret_paths(session, service)
+        states: list[WriteState] = []
+        for service, environment in configs:
+            lock_stream(session, stream_name(service, environment))
+            state = current.read(session, service, environment)
+            states.append((state, secret_paths(session, service)))
+        return states
     params = {
         "namespace": STREAM_LOCK_NAMESPACE,
-        "stream": stream_name(service, environment),
-        "service": service,
-        "environment": environment,
+        "streams": [stream_name(service, environment) for service, environment in configs],
+        "services": [service for service, _ in configs],
+        "environments": [environment for _, environment in configs],
     }
-    row = connection.execute(_LOCK_AND_READ, params).one()
-    state = CurrentConfig.from_row(row) if row.version is not None else None
-    return state, _declared(row.secret_paths) if row.service_exists else None
+    return [
+        (
+            CurrentConfig.from_row(row) if row.version is not None else None,
+            _declared(row.secret_paths) if row.service_exists else None,
+        )
+        for row in connection.execute(_LOCK_AND_READ, params)
+    ]
 
 
 def _sets_plaintext(change: Change, path: list[str]) -> bool:
