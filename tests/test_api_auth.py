@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -255,6 +256,24 @@ def test_jwt_failures_are_401(world: World) -> None:
         assert response.status_code == 401, name
         assert response.headers.get("www-authenticate") == "Bearer"
     assert world.api.get(URL, headers={"Authorization": "Basic dXNlcjpwYXNz"}).status_code == 401
+
+
+def test_a_token_that_worked_is_refused_from_the_second_after_it_expires(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token's signature is verified once and kept; its expiry is still checked at every use,
+    on the second as python-jose checks it."""
+    from configsync.auth import tokens
+
+    owner = world.callers["owner"]
+    assert world.api.get(URL, headers=owner).status_code == 200  # verified, and kept
+    expires = jwt.get_unverified_claims(owner["Authorization"].split(" ", 1)[1])["exp"]
+    monkeypatch.setattr(tokens, "time", SimpleNamespace(time=lambda: expires + 0.999))
+    assert world.api.get(URL, headers=owner).status_code == 200  # its last second
+    monkeypatch.setattr(tokens, "time", SimpleNamespace(time=lambda: expires + 1))
+    refused = world.api.get(URL, headers=owner)
+    assert refused.status_code == 401 and refused.json()["detail"] == "invalid or expired token"
+    assert world.api.put(URL, headers=owner, json={"data": {"A": 1}}).status_code == 401
 
 
 def test_a_deactivated_users_token_stops_working_and_a_role_change_applies_at_once(
