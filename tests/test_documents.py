@@ -22,6 +22,7 @@ from configsync.domain.documents import (
 from configsync.domain.events import summarize
 from configsync.domain.names import validate_name
 from configsync.errors import DocumentTooLarge, InvalidDocument, InvalidName
+from configsync.events.canonical import canonical_json
 from tests.strategies import documents, patches, values
 
 # RFC 7396, Appendix A: every example, verbatim.
@@ -154,6 +155,17 @@ def test_json_distinguishes_what_python_equality_does_not(old: Any, new: Any) ->
     changes = compute_changes(old, new)
     assert changes
     assert json.dumps(apply_changes(copy_document(old), changes)) == json.dumps(new)
+
+
+@given(a=documents, b=documents, twin=st.booleans())
+@settings(max_examples=300)
+def test_documents_are_equal_exactly_when_their_canonical_json_is(
+    a: dict[str, Any], b: dict[str, Any], twin: bool
+) -> None:
+    """documents_equal's shortcut (Python's == first) must not change its answer: the oracle is
+    the canonical JSON, which tells 1, 1.0 and true apart."""
+    other = copy_document(a) if twin else b
+    assert documents_equal(a, other) == (canonical_json(a) == canonical_json(other))
 
 
 def test_summary_counts_and_names_changes() -> None:
