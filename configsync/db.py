@@ -237,7 +237,7 @@ def upsert(
     condition, or a function of the row proposed (`excluded`) that makes one."""
     if not values:
         return
-    if where is None:  # built once per table: every write's `current` row comes here
+    if where is None:  # built once per table
         dialect = session.get_bind().dialect.name
         statement = _plain_upsert(dialect, getattr(table, "__table__", table), (*key,), (*update,))
     else:

@@ -148,14 +148,28 @@ def _row_values(event: StoredEvent, document_json: str) -> dict[str, Any]:
     }
 
 
+_UPDATED = ("version", "data", "deleted", "updated_at", "updated_by", "position")
+_COLUMNS = ("service", "environment", *_UPDATED)
+# On PostgreSQL the rows go as one array per column, in one statement sent at driver level: a
+# group commit's batch (every write comes here, in the append's transaction) and a rebuild's
+# thousand rows alike skip SQLAlchemy's parameter handling row by row, which was a twentieth of
+# the API's CPU per write.
+_UPSERT_POSTGRES = (
+    f"INSERT INTO config_current ({', '.join(_COLUMNS)})"
+    " SELECT * FROM unnest(%s::text[], %s::text[], %s::integer[], %s::text[], %s::boolean[],"
+    " %s::timestamptz[], %s::text[], %s::bigint[])"
+    " ON CONFLICT (service, environment) DO UPDATE SET "
+    + ", ".join(f"{name} = excluded.{name}" for name in _UPDATED)
+)
+
+
 def _write(session: Session, rows: list[dict[str, Any]]) -> None:
-    upsert(
-        session,
-        ConfigCurrentRow,
-        rows,
-        key=["service", "environment"],
-        update=["version", "data", "deleted", "updated_at", "updated_by", "position"],
-    )
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        columns = [[row[name] for row in rows] for name in _COLUMNS]
+        connection.exec_driver_sql(_UPSERT_POSTGRES, tuple(columns))
+        return
+    upsert(session, ConfigCurrentRow, rows, key=["service", "environment"], update=list(_UPDATED))
 
 
 def rebuild(session: Session, *, batch_size: int = 5000) -> int:
