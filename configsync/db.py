@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -191,13 +191,15 @@ def after_commit(session: Session, callback: Callable[[], None]) -> None:
 
 
 def commit(session: Session) -> None:
-    """Commit, then run the callbacks registered with `after_commit`.
-
-    A failing callback is logged and does not undo the commit: the event is durable and the
-    periodic catch-up will do whatever the callback failed to start.
-    """
+    """Commit, then run the callbacks registered with `after_commit`."""
     session.commit()
-    callbacks = session.info.pop(AFTER_COMMIT, [])
+    run_after_commit(session.info.pop(AFTER_COMMIT, []))
+
+
+def run_after_commit(callbacks: Iterable[Callable[[], None]]) -> None:
+    """Run the work that follows a commit. A failing callback is logged and does not undo the
+    commit: the event is durable and the periodic catch-up will do whatever the callback failed
+    to start."""
     for callback in callbacks:
         try:
             callback()

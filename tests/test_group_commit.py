@@ -309,6 +309,30 @@ def test_a_write_that_lost_the_race_to_create_its_service_is_refused(
     assert scalar(engine, "SELECT version FROM config_current WHERE service = 'pay'") == 1
 
 
+def test_a_listener_that_fails_does_not_fail_a_write_the_group_made_durable(
+    pg_api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write path's listeners hear of a group write after its commit: one that fails (a
+    broker on fire) is logged, and the writer is told of its write, which reads back at once."""
+    from configsync.tasks import Dispatcher
+
+    def on_fire(_self: Any, _event: StoredEvent) -> None:
+        raise RuntimeError("the broker is on fire")
+
+    owner = pg_api.person("owner@example.com")
+    assert (
+        pg_api.put("/v1/configs/pay/prod", headers=owner, json={"data": {"A": 1}}).status_code
+        == 201
+    )
+    reader = {"X-API-Key": pg_api.key(owner, "pay")}
+    assert pg_api.get("/v1/configs/pay/prod", headers=reader).json()["data"] == {"A": 1}
+    monkeypatch.setattr(Dispatcher, "__call__", on_fire)
+    written = pg_api.put("/v1/configs/pay/prod", headers=owner, json={"data": {"A": 2}})
+    assert written.status_code == 200 and written.json()["version"] == 2
+    assert pg_api.events() == 2
+    assert pg_api.get("/v1/configs/pay/prod", headers=reader).json()["data"] == {"A": 2}
+
+
 def test_api_writes_on_postgresql_go_through_the_group_commit(pg_api: Api) -> None:
     group = pg_api.app.state.runtime.group
     owner = pg_api.person("owner@example.com")

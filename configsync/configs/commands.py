@@ -24,7 +24,13 @@ from sqlalchemy.orm import Session
 from configsync.auth.models import ServiceRow
 from configsync.configs.idempotency import IdempotencyKey, Used, remember
 from configsync.configs.queries import get, lock_and_read, missing, state_at
-from configsync.db import after_commit, insert_missing, is_lock_timeout, utcnow
+from configsync.db import (
+    after_commit,
+    insert_missing,
+    is_lock_timeout,
+    run_after_commit,
+    utcnow,
+)
 from configsync.domain.actor import Actor
 from configsync.domain.documents import (
     Document,
@@ -224,9 +230,8 @@ def _write(
         # Decided, appended and committed in a batch shared with other writers, under the
         # batch's stream locks: durable when this returns, so the listeners hear of it now.
         result = ctx.path.group.submit(pending)
-        if result.event is not None:
-            for listener in ctx.path.listeners:
-                listener(result.event)
+        if (event := result.event) is not None:
+            run_after_commit(_bind(listener, event) for listener in ctx.path.listeners)
         return result
     (outcome,) = decide_and_record(session, [pending])
     if isinstance(outcome, Exception):
