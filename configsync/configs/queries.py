@@ -453,10 +453,9 @@ def _declared(stored: str | None) -> list[list[str]]:
 # Named as `current`'s own columns, so that CurrentConfig.from_row reads the rows.
 _LOCK_AND_READ = text(
     "SELECT o_service AS service, o_environment AS environment, o_version AS version,"
-    " o_data AS data,"
-    " o_deleted AS deleted, o_updated_at AS updated_at, o_updated_by AS updated_by,"
-    " o_position AS position, o_service_exists AS service_exists,"
-    " o_secret_paths AS secret_paths"
+    " o_data AS data, o_deleted AS deleted, o_updated_at AS updated_at,"
+    " o_updated_by AS updated_by, o_position AS position,"
+    " o_service_exists AS service_exists, o_secret_paths AS secret_paths"
     " FROM configsync_lock_and_read_many(:namespace, :streams, :services, :environments)"
 ).columns(updated_at=UTCDateTime())
 
