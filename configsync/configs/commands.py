@@ -398,7 +398,7 @@ class ReadyWrite:
 
     event: NewEvent
     document_json: str  # the document after the event, canonical JSON
-    creates_service: bool  # the service had no row when the write was authorized
+    creates_service: bool  # the service had no row when the write was decided
     owner_id: str | None  # the owner a service this write creates gets
     idempotency: IdempotencyKey | None = None  # recorded with the event, in its transaction
     keys: tuple[dict[str, Any], ...] = ()  # data keys the write made: stored with its event
@@ -408,7 +408,7 @@ def record(session: Session, writes: Sequence[ReadyWrite]) -> list[StoredEvent |
     """Append the writes' events and apply the inline projections, in `session`'s transaction.
 
     One outcome per write, in order: its stored event, or the error that refused it alone (a
-    stale expected version; a service created by someone else since the write was authorized).
+    stale expected version; a service created by someone else since the write was decided).
     Used for one write in the writer's own transaction, and for many by the group commit.
     """
     if not writes:  # every write of a batch was refused or changed nothing
@@ -446,7 +446,7 @@ def record(session: Session, writes: Sequence[ReadyWrite]) -> list[StoredEvent |
 def _create_services(session: Session, writes: Sequence[ReadyWrite]) -> dict[int, Exception]:
     """Make the rows of services created by these writes; refuse writes that lost a race.
 
-    A write that found no service when it was authorized creates it, owned by its writer. If
+    A write that found no service when it was decided creates it, owned by its writer. If
     another writer's service of the same name appeared since, this write was authorized against
     a service that is not the one it would write to: it is refused (409), and sent again it is
     authorized against the real owner.
