@@ -135,3 +135,56 @@ def test_a_batch_takes_its_stream_locks_in_one_order_whatever_its_writes_order(p
     assert took is True
     # Rows come back in the writes' order.
     assert [f"{r.o_service}/{r.o_environment}" for r in rows] == order
+
+
+def test_a_batch_reads_its_configs_by_key_not_by_scanning_every_config(pg: Engine) -> None:
+    """A new deployment's tables have no statistics: the batch's read must still look each
+    config and service up by its key (an index scan per name), never read the tables whole."""
+    call = text(
+        "SELECT * FROM configsync_lock_and_read_many(:ns, :streams, :services, :environments)"
+    )
+    names = [("pay", "e7"), ("pay", "absent"), ("other", "e3")]
+    with pg.connect() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO services (name, owner_id, created_at, secret_paths)"
+                " VALUES ('pay', NULL, now(), '[]')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO config_current"
+                " (service, environment, version, data, deleted, updated_at, updated_by, position)"
+                " SELECT 'pay', 'e' || i, 1, '{\"n\": ' || i || '}', false, now(), '{}', i"
+                " FROM generate_series(1, 2000) AS i"
+            )
+        )
+        scans = text(
+            "SELECT relname, seq_scan, idx_scan FROM pg_stat_xact_user_tables"
+            " WHERE relname IN ('config_current', 'services') ORDER BY relname"
+        )
+        # This backend's counts not yet reported (they may hold earlier transactions' too).
+        before = conn.execute(scans).all()
+        rows = conn.execute(
+            call,
+            {
+                "ns": STREAM_LOCK_NAMESPACE,
+                "streams": [f"{s}/{e}" for s, e in names],
+                "services": [s for s, _ in names],
+                "environments": [e for _, e in names],
+            },
+        ).all()
+        after = conn.execute(scans).all()
+        conn.rollback()
+    assert [(r.o_service, r.o_environment, r.o_version, r.o_data) for r in rows] == [
+        ("pay", "e7", 1, '{"n": 7}'),
+        ("pay", "absent", None, None),
+        ("other", "e3", None, None),
+    ]
+    assert [r.o_service_exists for r in rows] == [True, True, False]
+    read = {
+        a.relname: (a.seq_scan - b.seq_scan, a.idx_scan - b.idx_scan)
+        for a, b in zip(after, before, strict=True)
+    }
+    assert {name: seq for name, (seq, _) in read.items()} == {"config_current": 0, "services": 0}
+    assert all(index >= 1 for _, index in read.values())

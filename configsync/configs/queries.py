@@ -468,10 +468,11 @@ def lock_and_read(session: Session, configs: list[tuple[str, str]]) -> list[Writ
     """Hold the stream locks of `configs` ((service, environment) pairs) to the end of the
     transaction (configsync.events.lock_stream), then read each one's WriteState, in order.
 
-    On PostgreSQL in one round trip, configsync_lock_and_read_many (migration 0013), which takes
-    the locks in a fixed order (two batches sharing streams cannot deadlock) and whose read,
-    after every lock is granted, sees every write committed before, as a statement of its own
-    would; on SQLite, whose write transaction already holds the database, the reads.
+    On PostgreSQL in one round trip, configsync_lock_and_read_many (migrations 0013 and 0014),
+    which takes the locks in a fixed order (two batches sharing streams cannot deadlock) and
+    whose read, after every lock is granted, sees every write committed before, as a statement
+    of its own would, each config looked up by its key; on SQLite, whose write transaction
+    already holds the database, the reads.
     """
     connection = session.connection()
     if connection.dialect.name != "postgresql":
