@@ -316,6 +316,37 @@ def test_a_cached_read_makes_no_database_round_trip(pg_api: Api, owner: dict[str
         event.remove(engine, "before_cursor_execute", listener)
 
 
+def test_a_persons_write_reads_its_caller_and_the_owner_in_one_round_trip(
+    pg_api: Api, owner: dict[str, str]
+) -> None:
+    """A config write's request reads the token's holder and the service's owner in one
+    statement; the decision still follows the owner it read."""
+    from sqlalchemy import event
+
+    assert pg_api.put(URL, headers=owner, json={"data": {"A": 1}}).status_code == 201
+    stranger = pg_api.person("stranger@example.com")
+    statements: list[str] = []
+    engine = pg_api.client.app.state.runtime.write_sessions.kw["bind"]
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        assert pg_api.put(URL, headers=owner, json={"data": {"A": 2}}).status_code == 200
+        mine = pg_api.post(
+            "/config/update",
+            headers=stranger,
+            json={"name": "theirs", "environment": "prod", "config": {"B": 1}},
+        )
+        refused = pg_api.patch(URL, headers=stranger, json={"data": {"A": 3}})
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert mine.status_code == 200, mine.text
+    assert refused.status_code == 404, refused.text
+    assert len(statements) == 3, statements
+    assert all("FROM users LEFT OUTER JOIN services" in s for s in statements), statements
+    assert pg_api.get(URL, headers=owner).json()["data"] == {"A": 2}
+    assert pg_api.get("/v1/configs/theirs/prod", headers=stranger).json()["data"] == {"B": 1}
+
+
 def test_a_writing_key_is_looked_up_once_and_its_revocation_still_stops_writes(
     pg_api: Api, second_process: Api, owner: dict[str, str]
 ) -> None:

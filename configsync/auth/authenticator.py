@@ -77,7 +77,11 @@ class Authenticator:
             self.usage.seen(record.id)
         return record.caller()
 
-    def resolve(self, session: Session, creds: Credentials | None) -> Caller:
+    def resolve(
+        self, session: Session, creds: Credentials | None, *, owner_of: str | None = None
+    ) -> Caller:
+        """The caller; for a person, the owner of the service `owner_of` is read in the same
+        round trip (configsync.auth.service.token_user)."""
         if creds is None:
             raise Unauthorized("authentication required")
         if self._is_legacy(creds.value):
@@ -85,7 +89,7 @@ class Authenticator:
         if creds.kind == "key":
             return self._resolve_key(session, creds.value)
         claims = tokens.decode(creds.value, key=self._settings.signing_key())
-        user = service.token_user(session, claims)
+        user = service.token_user(session, claims, owner_of=owner_of)
         # The role is read from the database, not the token: a demotion takes effect at once.
         return Caller(
             kind="user", id=user.id, name=user.email, role=user.role, token_id=claims.token_id

@@ -108,16 +108,33 @@ _TOKEN_HOLDER = select(
     select(RevokedTokenRow.jti).where(RevokedTokenRow.jti == bindparam("jti")).exists(),
 ).where(UserRow.id == bindparam("user_id"))
 _OWNER = select(ServiceRow.owner_id).where(ServiceRow.name == bindparam("service"))
+# The token's holder and one service's owner in one round trip (a config write needs both).
+_TOKEN_HOLDER_AND_OWNER = _TOKEN_HOLDER.add_columns(
+    ServiceRow.name.label("service_name"), ServiceRow.owner_id
+).outerjoin_from(UserRow, ServiceRow, ServiceRow.name == bindparam("service"))
+# session.info's entry for owners read ahead of service_owner: {service: (exists, owner)}.
+_KNOWN_OWNERS = "configsync.known_owners"
 
 
-def token_user(session: Session, claims: Any) -> TokenHolder:
+def token_user(session: Session, claims: Any, *, owner_of: str | None = None) -> TokenHolder:
     """The account a token speaks for, if the token still stands: the account is active, the
-    token is of its current generation (no password change since) and was not logged out."""
-    row = (
-        session.connection()
-        .execute(_TOKEN_HOLDER, {"user_id": claims.user_id, "jti": claims.token_id or ""})
-        .first()
-    )
+    token is of its current generation (no password change since) and was not logged out.
+
+    With `owner_of`, a service's name, the same statement reads that service's owner, and
+    `service_owner` answers it from there for the rest of this session (a config write's
+    request: its caller and its service's owner in one round trip)."""
+    params = {"user_id": claims.user_id, "jti": claims.token_id or ""}
+    if owner_of is None:
+        row = session.connection().execute(_TOKEN_HOLDER, params).first()
+    else:
+        row = (
+            session.connection()
+            .execute(_TOKEN_HOLDER_AND_OWNER, {**params, "service": owner_of})
+            .first()
+        )
+        if row is not None:
+            owners = session.info.setdefault(_KNOWN_OWNERS, {})
+            owners[owner_of] = (row.service_name is not None, row.owner_id)
     if row is None or not row.is_active:
         raise Unauthorized("invalid or expired token")
     if claims.generation != row.token_generation:
@@ -219,6 +236,9 @@ def hash_key(key: str) -> str:
 
 def service_owner(session: Session, service: str) -> tuple[bool, str | None]:
     """(does the service exist, who owns it)."""
+    known = session.info.get(_KNOWN_OWNERS)
+    if known is not None and service in known:
+        return known[service]
     row = session.connection().execute(_OWNER, {"service": service}).first()
     return (row is not None, row.owner_id if row else None)
 

@@ -129,7 +129,9 @@ class DirectWrites:
         """What the endpoint's dependencies and the endpoint do, in the same order."""
         creds = credentials(headers)
         with unit_of_work(self.sessions) as session:
-            caller = self.authenticator.cached(creds) or self.authenticator.resolve(session, creds)
+            caller = self.authenticator.cached(creds) or self.authenticator.resolve(
+                session, creds, owner_of=route.service(body)
+            )
             state["caller"] = caller.log_name
             ctx = plain_write_context(
                 caller,
@@ -147,6 +149,7 @@ class Route:
     template: str  # for /metrics and the request log, as the router names it
     parse: Callable[[Any], Any | None]  # the body's model; None if the endpoint must refuse it
     write: Callable[[Session, Caller, Any, ScopeHeaders, WriteContext], Response]
+    service: Callable[[Any], str]  # the service written to, from the parsed body
     json_only: bool = True
 
 
@@ -162,7 +165,7 @@ def _config_route(
         access = write_access(session, caller, service, environment)
         return write_document(operation, body, headers.get("if-match"), session, access, ctx)
 
-    return Route(CONFIG_ROUTE, _parser(ConfigWrite), write)
+    return Route(CONFIG_ROUTE, _parser(ConfigWrite), write, lambda _body: service)
 
 
 def _parser(model: type[BaseModel]) -> Callable[[Any], Any | None]:
@@ -182,6 +185,7 @@ LEGACY_UPDATE = Route(
     "/config/update",
     _parser(LegacyUpdate),
     lambda session, caller, body, _headers, ctx: legacy_write(session, caller, body, ctx),
+    lambda body: body.name,
     json_only=False,
 )
 
