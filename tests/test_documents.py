@@ -228,3 +228,51 @@ def test_good_names_pass(name: str) -> None:
 def test_bad_names_are_refused(name: str) -> None:
     with pytest.raises(InvalidName, match="invalid service name"):
         validate_name("service", name)
+
+
+class _Keyed(dict):  # type: ignore[type-arg]
+    """A dict subclass: plain JSON to check_json, which the fast path leaves to it."""
+
+
+_awkward_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),  # NaN and infinities included: refused
+    st.text(),  # U+0000 and lone surrogates included: refused
+    st.sampled_from(["\x00", "a\x00", "\ud800", "x\udfff"]),  # refused
+    st.sampled_from(["\\u0000", "a\\u0000b", "\\\\u0000"]),  # look escaped, are not: kept
+)
+_awkward_keys = st.one_of(st.text(max_size=4), st.integers(0, 3), st.sampled_from([None, 1.5]))
+_awkward = st.recursive(
+    _awkward_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.lists(inner, max_size=3).map(tuple),
+        st.dictionaries(st.text(max_size=4), inner, max_size=3),
+        st.dictionaries(_awkward_keys, inner, max_size=3),
+        st.dictionaries(st.text(max_size=4), inner, max_size=3).map(_Keyed),
+        st.just({1}),  # not JSON at all
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_awkward)
+def test_canonical_json_refuses_and_serializes_as_checking_every_value_first_would(
+    value: Any,
+) -> None:
+    """The serialize-then-check path gives the text, or refuses the value, exactly when
+    check_json over every value followed by json.dumps does."""
+    from configsync.events.canonical import check_json
+
+    try:
+        check_json(value)
+    except InvalidDocument as refused:
+        with pytest.raises(InvalidDocument) as raised:
+            canonical_json(value)
+        assert str(raised.value) == str(refused)
+        return
+    expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert canonical_json(value) == expected

@@ -18,8 +18,61 @@ JSONValue = Any  # None | bool | int | float | str | list[JSONValue] | dict[str,
 
 def canonical_json(value: JSONValue) -> str:
     """Serialize a JSON value canonically; refuse anything that is not plain JSON."""
-    check_json(value)
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # Serialized first, in C, and the text checked: what json.dumps refuses (NaN, infinities,
+    # types it does not know) and what the text shows (U+0000, which it escapes; lone
+    # surrogates, which UTF-8 cannot encode) send the value to check_json, which says what is
+    # wrong. What json.dumps would quietly turn into JSON (non-string keys, tuples) is found by
+    # `_plain_containers`, a walk of the containers only. Every write serializes its document;
+    # check_json's walk of every value was 40% of it.
+    try:
+        text = _dumps(value)
+    except (TypeError, ValueError):
+        text = None
+    if text is None or not (_plain_text(text) and _plain_containers(value)):
+        check_json(value)
+        if text is None:  # json.dumps's own answer, as before (its error, if it has one)
+            text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text
+
+
+def _dumps(value: JSONValue) -> str:
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def _plain_text(text: str) -> bool:
+    """No escaped U+0000 (or a string that looks like one) and no lone surrogate."""
+    if "\\u0000" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _plain_containers(value: JSONValue) -> bool:
+    """Every object's keys are exact strings and every array a list (no tuples), at any depth."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        kind = type(node)
+        if kind is dict:
+            for key in node:
+                if type(key) is not str:
+                    return False
+            stack.extend(child for child in node.values() if type(child) not in _SCALARS)
+        elif kind is list:
+            stack.extend(child for child in node if type(child) not in _SCALARS)
+        elif isinstance(node, dict | list | tuple):
+            return False  # a tuple, or a subclass: check_json decides
+    return True
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def loads(text: str | bytes) -> JSONValue:
