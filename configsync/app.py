@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings,
             vault=runtime.vault,
             path=runtime.write_path,
+            threads=runtime.write_threads,
             count=settings.metrics,
         ),
     ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -32,6 +33,10 @@ from configsync.tasks import Dispatcher
 
 log = logging.getLogger(__name__)
 
+# Threads for configsync.configs.fastwrite's writes: as many as Starlette lets its own thread
+# pool run at once (anyio's default limiter), which these writes no longer share.
+WRITE_THREADS = 40
+
 
 @dataclass
 class Runtime:
@@ -42,6 +47,10 @@ class Runtime:
     # commit (who the caller is, who owns the service): with a group, sessions of an engine of
     # their own whose statements each commit alone, without BEGIN and COMMIT round trips.
     write_sessions: sessionmaker[Session]
+    # The threads those writes run on (each waits there for its group's commit). Not shut down
+    # by `stop`: a write under way finishes on its thread, which the interpreter joins at exit;
+    # idle threads end with the executor.
+    write_threads: ThreadPoolExecutor
     authenticator: Authenticator
     login_throttle: LoginThrottle
     reader: ConfigReader
@@ -103,6 +112,7 @@ class Runtime:
             engine=engine,
             session_factory=session_factory,
             write_sessions=write_sessions,
+            write_threads=ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="configsync-write"),
             authenticator=Authenticator(
                 settings, KeyUsage(session_factory, settings.key_usage_flush_seconds)
             ),
