@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import bindparam, delete, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -98,20 +98,33 @@ class TokenHolder:
 
 
 # Built once: executed on the connection with its parameters, they skip the ORM's per-call
-# statement building and compiling (every request a person makes runs the first, every write
-# the second).
-_TOKEN_HOLDER = select(
-    UserRow.email,
-    UserRow.role,
-    UserRow.is_active,
-    UserRow.token_generation,
-    select(RevokedTokenRow.jti).where(RevokedTokenRow.jti == bindparam("jti")).exists(),
-).where(UserRow.id == bindparam("user_id"))
+# statement building and compiling. Every request a person makes reads its token's holder, and
+# every config write the owner of its service with it, in one statement: on PostgreSQL a
+# function whose plan the connection keeps (migration 0015), elsewhere a join. A NULL service
+# reads no service.
+_TOKEN_HOLDER_FUNCTION = text(
+    "SELECT o_email AS email, o_role AS role, o_is_active AS is_active,"
+    " o_token_generation AS token_generation, o_revoked AS revoked,"
+    " o_service_name AS service_name, o_owner_id AS owner_id"
+    " FROM configsync_token_holder(:user_id, :jti, :service)"
+)
+_TOKEN_HOLDER_JOIN = (
+    select(
+        UserRow.email,
+        UserRow.role,
+        UserRow.is_active,
+        UserRow.token_generation,
+        select(RevokedTokenRow.jti)
+        .where(RevokedTokenRow.jti == bindparam("jti"))
+        .exists()
+        .label("revoked"),
+        ServiceRow.name.label("service_name"),
+        ServiceRow.owner_id,
+    )
+    .outerjoin_from(UserRow, ServiceRow, ServiceRow.name == bindparam("service"))
+    .where(UserRow.id == bindparam("user_id"))
+)
 _OWNER = select(ServiceRow.owner_id).where(ServiceRow.name == bindparam("service"))
-# The token's holder and one service's owner in one round trip (a config write needs both).
-_TOKEN_HOLDER_AND_OWNER = _TOKEN_HOLDER.add_columns(
-    ServiceRow.name.label("service_name"), ServiceRow.owner_id
-).outerjoin_from(UserRow, ServiceRow, ServiceRow.name == bindparam("service"))
 # session.info's entry for owners read ahead of service_owner: {service: (exists, owner)}.
 _KNOWN_OWNERS = "configsync.known_owners"
 
@@ -123,23 +136,20 @@ def token_user(session: Session, claims: Any, *, owner_of: str | None = None) ->
     With `owner_of`, a service's name, the same statement reads that service's owner, and
     `service_owner` answers it from there for the rest of this session (a config write's
     request: its caller and its service's owner in one round trip)."""
-    params = {"user_id": claims.user_id, "jti": claims.token_id or ""}
-    if owner_of is None:
-        row = session.connection().execute(_TOKEN_HOLDER, params).first()
-    else:
-        row = (
-            session.connection()
-            .execute(_TOKEN_HOLDER_AND_OWNER, {**params, "service": owner_of})
-            .first()
-        )
-        if row is not None:
-            owners = session.info.setdefault(_KNOWN_OWNERS, {})
-            owners[owner_of] = (row.service_name is not None, row.owner_id)
+    connection = session.connection()
+    statement = (
+        _TOKEN_HOLDER_FUNCTION if connection.dialect.name == "postgresql" else _TOKEN_HOLDER_JOIN
+    )
+    params = {"user_id": claims.user_id, "jti": claims.token_id or "", "service": owner_of}
+    row = connection.execute(statement, params).first()
+    if row is not None and owner_of is not None:
+        owners = session.info.setdefault(_KNOWN_OWNERS, {})
+        owners[owner_of] = (row.service_name is not None, row.owner_id)
     if row is None or not row.is_active:
         raise Unauthorized("invalid or expired token")
     if claims.generation != row.token_generation:
         raise Unauthorized("this token was revoked by a password change; log in again")
-    if row[4]:
+    if row.revoked:
         raise Unauthorized("this token was logged out; log in again")
     return TokenHolder(claims.user_id, row.email, row.role)
 
