@@ -25,20 +25,15 @@ def canonical_json(value: JSONValue) -> str:
     # `_plain_containers`, a walk of the containers only. Every write serializes its document;
     # check_json's walk of every value was 40% of it.
     try:
-        text = _dumps(value)
+        text = json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
     except (TypeError, ValueError):
-        text = None
-    if text is None or not (_plain_text(text) and _plain_containers(value)):
+        check_json(value)  # words what is wrong; else json.dumps's own error stands
+        raise
+    if not (_plain_text(text) and _plain_containers(value)):
         check_json(value)
-        if text is None:  # json.dumps's own answer, as before (its error, if it has one)
-            text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return text
-
-
-def _dumps(value: JSONValue) -> str:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
 
 
 def _plain_text(text: str) -> bool:
