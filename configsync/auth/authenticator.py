@@ -88,12 +88,13 @@ class Authenticator:
             return LEGACY_KEY_CALLER
         if creds.kind == "key":
             return self._resolve_key(session, creds.value)
-        claims = tokens.decode(creds.value, key=self._settings.signing_key())
-        user = service.token_user(session, claims, owner_of=owner_of)
-        # The role is read from the database, not the token: a demotion takes effect at once.
-        return Caller(
-            kind="user", id=user.id, name=user.email, role=user.role, token_id=claims.token_id
-        )
+        claims = self.claims(creds)
+        return person(claims, service.token_user(session, claims, owner_of=owner_of))
+
+    def claims(self, creds: Credentials) -> tokens.Claims:
+        """A person's token, verified and unexpired (Unauthorized if not); whether it still
+        stands is for the database to say (configsync.auth.service.token_holder)."""
+        return tokens.decode(creds.value, key=self._settings.signing_key())
 
     def _resolve_key(self, session: Session, key: str) -> Caller:
         digest = hash_key(key)
@@ -107,3 +108,11 @@ class Authenticator:
         if self.usage is not None:
             self.usage.seen(record.id)
         return record.caller()
+
+
+def person(claims: tokens.Claims, holder: service.TokenHolder) -> Caller:
+    """The caller a person's token speaks for. The role is the account's, read from the
+    database, not the token's: a demotion takes effect at once."""
+    return Caller(
+        kind="user", id=holder.id, name=holder.email, role=holder.role, token_id=claims.token_id
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -145,6 +145,12 @@ def token_user(session: Session, claims: Any, *, owner_of: str | None = None) ->
     if row is not None and owner_of is not None:
         owners = session.info.setdefault(_KNOWN_OWNERS, {})
         owners[owner_of] = (row.service_name is not None, row.owner_id)
+    return token_holder(claims, row)
+
+
+def token_holder(claims: Any, row: Any) -> TokenHolder:
+    """The account of `row` (email, role, is_active, token_generation, revoked; None: no such
+    account) if the token of `claims` still stands for it; Unauthorized if not."""
     if row is None or not row.is_active:
         raise Unauthorized("invalid or expired token")
     if claims.generation != row.token_generation:
@@ -152,6 +158,37 @@ def token_user(session: Session, claims: Any, *, owner_of: str | None = None) ->
     if row.revoked:
         raise Unauthorized("this token was logged out; log in again")
     return TokenHolder(claims.user_id, row.email, row.role)
+
+
+# For many writes at once (configsync.configs.deferred, PostgreSQL): each asked (user, jti,
+# service) gives one row, in order; the account's columns are NULL when no user was asked or
+# there is no such account, the service's when there is no such service. Each lookup is by key
+# (LATERAL ... LIMIT 1: index scans whatever the tables' statistics, as migration 0014's).
+_HOLDERS_AND_OWNERS = text(
+    "SELECT u.email, u.role, u.is_active, u.token_generation,"
+    " EXISTS (SELECT 1 FROM revoked_tokens AS r WHERE r.jti = x.jti) AS revoked,"
+    " s.name AS service_name, s.owner_id"
+    " FROM unnest(CAST(:users AS text[]), CAST(:jtis AS text[]), CAST(:services AS text[]))"
+    " WITH ORDINALITY AS x(user_id, jti, service, n)"
+    " LEFT JOIN LATERAL (SELECT email, role, is_active, token_generation FROM users"
+    " WHERE id = x.user_id LIMIT 1) AS u ON true"
+    " LEFT JOIN LATERAL (SELECT name, owner_id FROM services"
+    " WHERE name = x.service LIMIT 1) AS s ON true"
+    " ORDER BY x.n"
+)
+
+
+def holders_and_owners(
+    session: Session, asked: Sequence[tuple[str | None, str | None, str]]
+) -> list[Any]:
+    """For each (user id or None, token id or None, service): a row with the account's columns
+    for `token_holder` (NULL when no user was asked or none has that id) and the service's name
+    and owner (NULL when there is no such service), in one statement on PostgreSQL."""
+    users, jtis, services = (list(column) for column in zip(*asked, strict=True))
+    rows = session.connection().execute(
+        _HOLDERS_AND_OWNERS, {"users": users, "jtis": jtis, "services": services}
+    )
+    return list(rows)
 
 
 def log_in(

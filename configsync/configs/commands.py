@@ -152,11 +152,21 @@ def replace(
     expected_version: int | None = None,
 ) -> WriteResult:
     """Replace the whole document."""
+    return submit(session, replacing(service, environment, document, ctx, reason, expected_version))
+
+
+def replacing(
+    service: str,
+    environment: str,
+    document: Any,
+    ctx: WriteContext,
+    reason: str | None = None,
+    expected_version: int | None = None,
+) -> PendingWrite:
+    """`replace`'s checks, and the write it submits."""
     validate_document(document, ctx.limits)
     check_not_reserved(document)
-    return _write(
-        session, service, environment, ctx, lambda _old: document, reason, expected_version
-    )
+    return pending_write(service, environment, ctx, lambda _old: document, reason, expected_version)
 
 
 def patch(
@@ -170,6 +180,18 @@ def patch(
     expected_version: int | None = None,
 ) -> WriteResult:
     """Apply an RFC 7396 merge patch to the current document (an absent config counts as {})."""
+    return submit(session, patching(service, environment, merge, ctx, reason, expected_version))
+
+
+def patching(
+    service: str,
+    environment: str,
+    merge: Any,
+    ctx: WriteContext,
+    reason: str | None = None,
+    expected_version: int | None = None,
+) -> PendingWrite:
+    """`patch`'s checks, and the write it submits."""
     if not isinstance(merge, dict):
         raise InvalidInput("a merge patch of a config must be a JSON object")
 
@@ -180,7 +202,7 @@ def patch(
         check_not_reserved(new)
         return new
 
-    return _write(session, service, environment, ctx, patched, reason, expected_version)
+    return pending_write(service, environment, ctx, patched, reason, expected_version)
 
 
 def delete(
@@ -193,11 +215,13 @@ def delete(
     expected_version: int | None = None,
 ) -> WriteResult:
     """Append a deleting event; the history stays, and a later write re-creates the config."""
-    return _write(session, service, environment, ctx, None, reason, expected_version, deleting=True)
+    return submit(
+        session,
+        pending_write(service, environment, ctx, None, reason, expected_version, deleting=True),
+    )
 
 
-def _write(
-    session: Session,
+def pending_write(
     service: str,
     environment: str,
     ctx: WriteContext,
@@ -209,13 +233,12 @@ def _write(
     action: str | None = None,
     rollback_of: int | None = None,
     promoted_from: dict[str, Any] | None = None,
-) -> WriteResult:
+) -> PendingWrite:
+    """A write whose names and reason are checked, to be submitted."""
     validate_name("service", service)
     validate_name("environment", environment)
     check_reason(reason, ctx.max_reason_length)
-    if ctx.used is not None:
-        return _replay(session, ctx.used, ctx.vault)
-    pending = PendingWrite(
+    return PendingWrite(
         service,
         environment,
         ctx,
@@ -226,19 +249,34 @@ def _write(
         rollback_of,
         promoted_from,
     )
+
+
+def submit(session: Session, pending: PendingWrite) -> WriteResult:
+    """Decide, append and commit `pending` along its context's write path (or, for a retried
+    request, answer what it was answered the first time)."""
+    ctx = pending.ctx
+    if ctx.used is not None:
+        return _replay(session, ctx.used, ctx.vault)
     if ctx.path.group is not None:
-        # Decided, appended and committed in a batch shared with other writers, under the
-        # batch's stream locks: durable when this returns, so the listeners hear of it now.
-        result = ctx.path.group.submit(pending)
-        if (event := result.event) is not None:
-            run_after_commit(_bind(listener, event) for listener in ctx.path.listeners)
-        return result
+        return grouped(pending)
     (outcome,) = decide_and_record(session, [pending])
     if isinstance(outcome, Exception):
         raise outcome
     if outcome.event is not None:
         _on_commit(session, ctx, outcome.event)
     return outcome
+
+
+def grouped(pending: PendingWrite) -> WriteResult:
+    """Decide, append and commit `pending` in a batch shared with other writers, under the
+    batch's stream locks (its context's path has a group): durable when this returns, so the
+    listeners hear of it now."""
+    group = pending.ctx.path.group
+    assert group is not None
+    result = group.submit(pending)
+    if (event := result.event) is not None:
+        run_after_commit(_bind(listener, event) for listener in pending.ctx.path.listeners)
+    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +293,9 @@ class PendingWrite:
     action: str | None = None
     rollback_of: int | None = None
     promoted_from: dict[str, Any] | None = None
+    # Who may make it, when that is left to the batch (configsync.configs.deferred): opaque
+    # here; a batch's work must have settled it before this module decides the write.
+    authorization: object | None = None
 
     @property
     def stream(self) -> str:
@@ -286,6 +327,8 @@ def decide_and_record(
     Used for one write in its writer's own transaction, and for many by the group commit, whose
     batches hold at most one write per stream.
     """
+    if any(w.authorization is not None for w in writes):
+        raise RuntimeError("a write whose authorization is not settled cannot be decided")
     try:
         states = lock_and_read(session, [(w.service, w.environment) for w in writes])
     except OperationalError as error:
@@ -569,16 +612,18 @@ def rollback(
             "roll back to a later version"
         )
     document = ctx.vault.open(session, target.document)
-    return _write(
+    return submit(
         session,
-        service,
-        environment,
-        ctx,
-        lambda _old: document,
-        reason,
-        expected_version,
-        action=ROLLED_BACK,
-        rollback_of=to_version,
+        pending_write(
+            service,
+            environment,
+            ctx,
+            lambda _old: document,
+            reason,
+            expected_version,
+            action=ROLLED_BACK,
+            rollback_of=to_version,
+        ),
     )
 
 
@@ -598,7 +643,7 @@ def promote(
     if from_environment == to_environment:
         raise InvalidInput("promote needs a different target environment")
     source = get(session, service, from_environment)
-    # Opened here and sealed again under the target environment's data key by _write.
+    # Opened here and sealed again under the target environment's data key when decided.
     document = ctx.vault.open(session, source.document)
     if keys is not None:
         missing = [k for k in keys if k not in document]
@@ -615,16 +660,18 @@ def promote(
         validate_document(new, ctx.limits)
         return new
 
-    return _write(
+    return submit(
         session,
-        service,
-        to_environment,
-        ctx,
-        promoted,
-        reason,
-        expected_version,
-        action=PROMOTED,
-        promoted_from={"environment": from_environment, "version": source.version},
+        pending_write(
+            service,
+            to_environment,
+            ctx,
+            promoted,
+            reason,
+            expected_version,
+            action=PROMOTED,
+            promoted_from={"environment": from_environment, "version": source.version},
+        ),
     )
 
 

@@ -256,10 +256,11 @@ def write_document(
         reason=body.reason,
         expected_version=expected,
     )
-    return _written(result)
+    return written(result)
 
 
-def _written(result: WriteResult, extra: dict[str, Any] | None = None) -> Response:
+def written(result: WriteResult, extra: dict[str, Any] | None = None) -> Response:
+    """The answer to a write: the config as written, 201 if it was created."""
     body = response_body(result, {"changed": result.changed, **(extra or {})})
     status = 201 if result.created else 200
     return json_response(body, status=status, headers={"ETag": f'"{result.version}"'})
@@ -533,4 +534,4 @@ def promote_config(
         reason=body.reason,
         expected_version=body.expected_version,
     )
-    return _written(result, {"data": result.masked()})  # not a read: secret values masked
+    return written(result, {"data": result.masked()})  # not a read: secret values masked

@@ -28,7 +28,7 @@ from configsync.configs.auth import (
     read_access,
     write_access,
 )
-from configsync.configs.commands import WriteContext
+from configsync.configs.commands import WriteContext, WriteResult
 from configsync.configs.endpoints import ReaderDep, shown
 from configsync.configs.schemas import (
     LegacyConfig,
@@ -171,6 +171,11 @@ def legacy_write(
     result = commands.replace(
         session, body.name, body.environment, body.config, ctx, reason=body.reason
     )
+    return legacy_written(body, result)
+
+
+def legacy_written(body: LegacyUpdate, result: WriteResult) -> Response:
+    """POST /config/update's answer, as the original words it."""
     what = f"{body.name}/{body.environment}"
     message = (
         f"config {what} saved as version {result.version}"
