@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from configsync.auth.authenticator import Authenticator
 from configsync.auth.throttle import LoginThrottle
 from configsync.auth.usage import KeyUsage
-from configsync.configs.commands import PendingWrite, WritePath, WriteResult, decide_and_record
+from configsync.configs.commands import PendingWrite, WritePath, WriteResult
+from configsync.configs.deferred import authorize_and_record
 from configsync.configs.reader import ConfigReader
 from configsync.configs.receipts import ReadReceipts
 from configsync.db import make_engine, make_session_factory
@@ -85,7 +86,7 @@ class Runtime:
         if postgres and settings.group_commit:
             group = GroupCommit.for_database(
                 settings.database_url,
-                decide_and_record,
+                authorize_and_record,
                 key=lambda write: write.stream,
                 lock_timeout=settings.lock_timeout_seconds,
                 idle_in_transaction_timeout=settings.idle_in_transaction_timeout_seconds,

@@ -195,26 +195,27 @@ def test_direct_writes_are_counted_logged_and_carried_to_the_caches(
 
 
 def test_direct_writes_run_on_the_runtimes_write_threads(
-    pg_api: Api, direct_calls: list[str]
+    pg_api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Their own executor, not Starlette's pool (anyio's hop cost three times as much CPU)."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from sqlalchemy import event
-
     owner = pg_api.person("owner@example.com")
     runtime = pg_api.client.app.state.runtime
     assert isinstance(runtime.write_threads, ThreadPoolExecutor)
     threads: list[str] = []
-    engine = runtime.write_sessions.kw["bind"]
-    listener = lambda *_args: threads.append(threading.current_thread().name)  # noqa: E731
-    event.listen(engine, "before_cursor_execute", listener)
-    try:
-        assert (
-            pg_api.put("/v1/configs/pay/prod", headers=owner, json={"data": {}}).status_code == 201
-        )
-    finally:
-        event.remove(engine, "before_cursor_execute", listener)
-    assert direct_calls and threads
+    real = DirectWrites._write
+
+    def named(self: DirectWrites, *args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(self, *args)
+
+    monkeypatch.setattr(DirectWrites, "_write", named)
+    assert pg_api.put("/v1/configs/pay/prod", headers=owner, json={"data": {}}).status_code == 201
+    assert (
+        pg_api.put("/v1/configs/pay/prod", headers=owner, json={"data": {"A": 1}}).status_code
+        == 200
+    )
+    assert len(threads) == 2
     assert all(name.startswith("configsync-write") for name in threads), threads

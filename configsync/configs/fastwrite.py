@@ -9,6 +9,11 @@ endpoint's dependencies and the endpoint do, by the same functions: the caller
 own work (`write_document`, `legacy_write`: the decision, the write, the answer). Errors are
 answered by the application's exception handlers, so they read as the endpoint's do.
 
+With a group commit (PostgreSQL), a person's write, or an API key's that this process has
+cached, reads nothing in its request: its authorization goes to the batch with the write
+(configsync.configs.deferred), which reads every writer's account and service owner in one
+statement and refuses in the endpoint's order.
+
 What it does not take goes on to the endpoint before anything is done: a query string, an
 Idempotency-Key, a body that does not validate (the endpoint words the 422) or, for PUT and
 PATCH, is not `application/json`, a name that does not match the pattern.
@@ -17,6 +22,7 @@ PATCH, is not `application/json`, a name that does not match the pattern.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import re
 import time
@@ -31,18 +37,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from configsync.auth.authenticator import Authenticator, credentials
+from configsync.auth.authenticator import Authenticator, Credentials, credentials
 from configsync.auth.permissions import Caller
 from configsync.configs import commands
 from configsync.configs.auth import plain_write_context, write_access
-from configsync.configs.commands import WriteContext, WritePath, WriteResult
-from configsync.configs.endpoints import write_document
+from configsync.configs.commands import PendingWrite, WriteContext, WritePath, WriteResult
+from configsync.configs.deferred import Authorization
+from configsync.configs.endpoints import expected_version, write_document, written
 from configsync.configs.fastpath import ScopeHeaders
-from configsync.configs.legacy_endpoints import legacy_write
+from configsync.configs.legacy_endpoints import legacy_write, legacy_written
 from configsync.configs.schemas import ConfigWrite, LegacyUpdate
 from configsync.db import unit_of_work
 from configsync.deps import client_of
 from configsync.domain.names import NAME_PATTERN
+from configsync.errors import ConfigSyncError
 from configsync.hygiene import MALFORMED
 from configsync.metrics import CONFIG_ROUTE, REQUEST_COUNTS
 from configsync.middleware import JSON_BODY, new_request_id
@@ -50,9 +58,11 @@ from configsync.secrets.vault import Vault
 from configsync.settings import Settings
 
 _PATH = re.compile(r"/v1/configs/([^/]+)/([^/]+)")
-OPERATIONS: dict[str, Callable[..., WriteResult]] = {
-    "PUT": commands.replace,
-    "PATCH": commands.patch,
+# Each method's command, and the function that checks its write and makes it (for a write
+# whose authorization is left to its batch).
+OPERATIONS: dict[str, tuple[Callable[..., WriteResult], Callable[..., PendingWrite]]] = {
+    "PUT": (commands.replace, commands.replacing),
+    "PATCH": (commands.patch, commands.patching),
 }
 
 
@@ -136,6 +146,9 @@ class DirectWrites:
     ) -> Response:
         """What the endpoint's dependencies and the endpoint do, in the same order."""
         creds = credentials(headers)
+        authorization = self._deferrable(route, body, creds)
+        if authorization is not None:
+            return self._deferred(route, body, headers, state, authorization)
         with unit_of_work(self.sessions) as session:
             caller = self.authenticator.cached(creds) or self.authenticator.resolve(
                 session, creds, owner_of=route.service(body)
@@ -151,21 +164,91 @@ class DirectWrites:
             )
             return route.write(session, caller, body, headers, ctx)
 
+    def _deferrable(
+        self, route: Route, body: Any, creds: Credentials | None
+    ) -> Authorization | None:
+        """The write's authorization, to be settled in its batch (configsync.configs.deferred),
+        when the request can hand it on without reading the database: with a group commit, a
+        person's token or an API key this process has cached, and names that are valid (the
+        endpoint's 400 for a bad name comes before its 403)."""
+        if self.path.group is None or creds is None:
+            return None
+        if not (
+            NAME_PATTERN.fullmatch(route.service(body))
+            and NAME_PATTERN.fullmatch(route.environment(body))
+        ):
+            return None
+        caller = self.authenticator.cached(creds)
+        if caller is not None:
+            return Authorization(caller=caller)
+        if creds.kind == "jwt":
+            return Authorization(claims=self.authenticator.claims(creds))
+        return None  # an API key this process has not cached yet: read (and cached) here
+
+    def _deferred(
+        self,
+        route: Route,
+        body: Any,
+        headers: ScopeHeaders,
+        state: dict[str, Any],
+        authorization: Authorization,
+    ) -> Response:
+        """The write handed to its batch with its authorization; what the request's own checks
+        refuse goes with it, to be answered once the caller is known to be allowed."""
+        if authorization.caller is not None:
+            state["caller"] = authorization.caller.log_name
+        claims = authorization.claims
+        # Until the batch has read the person's account, the write's actor is only its id
+        # (decide_and_record refuses a write whose authorization is not settled).
+        caller = authorization.caller or Caller(
+            kind="user", id=claims.user_id if claims else "", name=""
+        )
+        ctx = plain_write_context(
+            caller,
+            self.settings,
+            self.vault,
+            self.path,
+            state.get("request_id") or new_request_id(),
+            client_of(headers.get("user-agent")),
+        )
+        try:
+            pending = route.pending(body, headers, ctx, authorization)
+        except ConfigSyncError as refused:
+            authorization.refusal = refused
+            pending = PendingWrite(
+                route.service(body), route.environment(body), ctx, None, None, None
+            )
+        try:
+            result = commands.grouped(dataclasses.replace(pending, authorization=authorization))
+        finally:
+            if authorization.caller is not None:
+                state["caller"] = authorization.caller.log_name
+        return route.answer(body, result)
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
     template: str  # for /metrics and the request log, as the router names it
     parse: Callable[[Any], Any | None]  # the body's model; None if the endpoint must refuse it
+    # The endpoint's work, the caller known: the write's authorization, checks and answer.
     write: Callable[[Session, Caller, Any, ScopeHeaders, WriteContext], Response]
     service: Callable[[Any], str]  # the service written to, from the parsed body
+    environment: Callable[[Any], str]
+    # With its authorization left to the batch: the request's own checks (raising what they
+    # refuse) and the write they make; then the answer to the write made.
+    pending: Callable[[Any, ScopeHeaders, WriteContext, Authorization], PendingWrite]
+    answer: Callable[[Any, WriteResult], Response]
     json_only: bool = True
 
 
 def _config_route(
-    operation: Callable[..., WriteResult], service: str, environment: str
+    operations: tuple[Callable[..., WriteResult], Callable[..., PendingWrite]],
+    service: str,
+    environment: str,
 ) -> Route | None:
     if not (NAME_PATTERN.fullmatch(service) and NAME_PATTERN.fullmatch(environment)):
         return None
+    operation, prepare = operations
 
     def write(
         session: Session, caller: Caller, body: Any, headers: ScopeHeaders, ctx: WriteContext
@@ -173,7 +256,23 @@ def _config_route(
         access = write_access(session, caller, service, environment)
         return write_document(operation, body, headers.get("if-match"), session, access, ctx)
 
-    return Route(CONFIG_ROUTE, _parser(ConfigWrite), write, lambda _body: service)
+    def pending(
+        body: Any, headers: ScopeHeaders, ctx: WriteContext, authorization: Authorization
+    ) -> PendingWrite:
+        # write_document's checks, in its order; the version is kept for expect_existing.
+        expected = expected_version(headers.get("if-match"), body.expected_version)
+        authorization.expected_version = expected
+        return prepare(service, environment, body.data, ctx, body.reason, expected)
+
+    return Route(
+        CONFIG_ROUTE,
+        _parser(ConfigWrite),
+        write,
+        lambda _body: service,
+        lambda _body: environment,
+        pending,
+        lambda _body, result: written(result),
+    )
 
 
 def _parser(model: type[BaseModel]) -> Callable[[Any], Any | None]:
@@ -194,6 +293,12 @@ LEGACY_UPDATE = Route(
     _parser(LegacyUpdate),
     lambda session, caller, body, _headers, ctx: legacy_write(session, caller, body, ctx),
     lambda body: body.name,
+    lambda body: body.environment,
+    # legacy_write's checks: the write's own (it names no version).
+    lambda body, _headers, ctx, _authorization: commands.replacing(
+        body.name, body.environment, body.config, ctx, body.reason
+    ),
+    legacy_written,
     json_only=False,
 )
 
