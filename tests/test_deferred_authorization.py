@@ -29,13 +29,13 @@ for _ in range(30):
 def deferred(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The writes whose authorization the direct path left to the batch."""
     calls: list[str] = []
-    real = DirectWrites._deferred
+    real = DirectWrites._submitted
 
-    def counted(self: DirectWrites, route: Any, *args: Any) -> Any:
+    async def counted(self: DirectWrites, route: Any, *args: Any) -> Any:
         calls.append(route.template)
-        return real(self, route, *args)
+        return await real(self, route, *args)
 
-    monkeypatch.setattr(DirectWrites, "_deferred", counted)
+    monkeypatch.setattr(DirectWrites, "_submitted", counted)
     yield calls
 
 

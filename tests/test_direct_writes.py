@@ -22,15 +22,20 @@ VOLATILE = {"updated_at", "created_at", "at"}
 
 @pytest.fixture
 def direct_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """The writes the direct path made (its worker-thread step)."""
+    """The writes the direct path made (on a thread of its own, or handed to the batch)."""
     calls: list[str] = []
-    real = DirectWrites._write
+    real, real_submitted = DirectWrites._write, DirectWrites._submitted
 
     def counted(self: DirectWrites, route: Any, *args: Any) -> Any:
         calls.append(route.template)
         return real(self, route, *args)
 
-    monkeypatch.setattr(DirectWrites, "_write", counted)
+    async def counted_submitted(self: DirectWrites, route: Any, *args: Any) -> Any:
+        calls.append(route.template)
+        return await real_submitted(self, route, *args)
+
+    monkeypatch.setattr(DirectWrites, "_write", counted)  # the caller read on a thread
+    monkeypatch.setattr(DirectWrites, "_submitted", counted_submitted)  # left to the batch
     yield calls
 
 
@@ -194,28 +199,42 @@ def test_direct_writes_are_counted_logged_and_carried_to_the_caches(
     assert '"direct-1"' in metadata and '"deployer/2"' in metadata
 
 
-def test_direct_writes_run_on_the_runtimes_write_threads(
+def test_direct_writes_wait_on_no_thread_unless_they_read_their_caller(
     pg_api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Their own executor, not Starlette's pool (anyio's hop cost three times as much CPU)."""
+    """A person's write, or a cached key's, is handed to its batch from the event loop and
+    runs on the group's leader thread; a key not cached yet is read on the runtime's write
+    threads (their own executor, not Starlette's pool: anyio's hop cost three times as much)."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     owner = pg_api.person("owner@example.com")
     runtime = pg_api.client.app.state.runtime
     assert isinstance(runtime.write_threads, ThreadPoolExecutor)
-    threads: list[str] = []
-    real = DirectWrites._write
+    requests: list[str] = []
+    batches: list[str] = []
+    real, real_run = DirectWrites._write, runtime.group._run
 
     def named(self: DirectWrites, *args: Any) -> Any:
-        threads.append(threading.current_thread().name)
+        requests.append(threading.current_thread().name)
         return real(self, *args)
 
+    def run(items: Any) -> Any:
+        batches.append(threading.current_thread().name)
+        return real_run(items)
+
     monkeypatch.setattr(DirectWrites, "_write", named)
+    monkeypatch.setattr(runtime.group, "_run", run)
     assert pg_api.put("/v1/configs/pay/prod", headers=owner, json={"data": {}}).status_code == 201
     assert (
         pg_api.put("/v1/configs/pay/prod", headers=owner, json={"data": {"A": 1}}).status_code
         == 200
     )
-    assert len(threads) == 2
-    assert all(name.startswith("configsync-write") for name in threads), threads
+    assert requests == [] and len(batches) == 2
+    assert all(name.startswith("configsync-group") for name in batches), batches
+    writer = {"X-API-Key": pg_api.key(owner, "pay", "write")}
+    for n in (2, 3):  # read on a write thread, then cached: left to the batch
+        answer = pg_api.put("/v1/configs/pay/prod", headers=writer, json={"data": {"A": n}})
+        assert answer.status_code == 200
+    assert len(requests) == 1 and requests[0].startswith("configsync-write"), requests
+    assert len(batches) == 4

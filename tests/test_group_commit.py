@@ -391,3 +391,46 @@ def test_a_batch_that_finds_its_connection_dead_runs_again_on_a_new_one(
         assert backends[-1] != backends[0]
     finally:
         group.close()
+
+
+def test_writers_that_do_not_wait_share_batches_with_those_that_do(
+    pg: Engine, commit_sessions: sessionmaker[Session]
+) -> None:
+    """submit_async: the outcome goes to a callback, a batch such a writer is to lead runs on
+    the group's leader thread, and every writer, waiting or not, gets its own outcome, gapless,
+    whoever leads whose batch."""
+    group, holding = _held_first_batch(commit_sessions, append_batch, until_waiting=12)
+    outcomes: dict[str, StoredEvent | BaseException] = {}
+    threads: dict[str, str] = {}
+    done = threading.Semaphore(0)
+
+    def callback(stream: str) -> Callable[[StoredEvent | BaseException], None]:
+        def on_done(outcome: StoredEvent | BaseException) -> None:
+            outcomes[stream] = outcome
+            threads[stream] = threading.current_thread().name
+            done.release()
+
+        return on_done
+
+    def event(stream: str, expected: int = 0) -> NewEvent:
+        return NewEvent(stream, expected, _data(1), ACTOR, type=CONFIG_CHANGED)
+
+    group.submit_async(event("first/prod"), callback("first/prod"))  # leads, on the leader
+    assert holding.wait(5)
+    for n in range(8):  # queued behind it, no thread waiting
+        group.submit_async(event(f"async-{n}/prod"), callback(f"async-{n}/prod"))
+    stale = event("async-0/prod", expected=5)  # same stream: a later batch, and stale
+    group.submit_async(stale, callback("stale"))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        waited = list(pool.map(group.submit, [event(f"sync-{n}/prod") for n in range(4)]))
+    for _ in range(10):
+        assert done.acquire(timeout=10)
+    assert isinstance(outcomes.pop("stale"), VersionConflict)
+    assert all(isinstance(o, StoredEvent) for o in outcomes.values()), outcomes
+    assert threads["first/prod"].startswith("configsync-group")
+    positions = sorted([o.position for o in outcomes.values()] + [e.position for e in waited])  # type: ignore[union-attr]
+    assert positions == list(range(1, 14))
+    assert group.largest_batch >= 12
+    group.close()
+    with make_session_factory(pg)() as s:
+        assert verify_chain(s).ok

@@ -279,6 +279,23 @@ def grouped(pending: PendingWrite) -> WriteResult:
     return result
 
 
+def grouped_async(
+    pending: PendingWrite, on_done: Callable[[WriteResult | BaseException], None]
+) -> None:
+    """`grouped` without waiting: `on_done` gets the result (or the error) on the thread that
+    ran the batch, once the listeners have heard of it."""
+    group = pending.ctx.path.group
+    assert group is not None
+    listeners = pending.ctx.path.listeners
+
+    def done(outcome: WriteResult | BaseException) -> None:
+        if isinstance(outcome, WriteResult) and (event := outcome.event) is not None:
+            run_after_commit(_bind(listener, event) for listener in listeners)
+        on_done(outcome)
+
+    group.submit_async(pending, done)
+
+
 @dataclass(frozen=True, slots=True)
 class PendingWrite:
     """A write authorized and checked, to be decided against its config's state under the

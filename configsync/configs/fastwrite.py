@@ -3,16 +3,18 @@
 
 A profile of the API under PUT load (py-spy, GIL samples) put FastAPI's dependency solving,
 routing and worker-thread hops at half the API's CPU per write, and the endpoint's own work at a
-tenth. `DirectWrites` answers these writes in one hop to a worker thread that does what the
-endpoint's dependencies and the endpoint do, by the same functions: the caller
-(configsync.auth.authenticator), the write context (`plain_write_context`) and the endpoint's
-own work (`write_document`, `legacy_write`: the decision, the write, the answer). Errors are
-answered by the application's exception handlers, so they read as the endpoint's do.
+tenth. `DirectWrites` does what the endpoint's dependencies and the endpoint do, by the same
+functions: the caller (configsync.auth.authenticator), the write context
+(`plain_write_context`) and the endpoint's own work (`write_document`, `legacy_write`: the
+decision, the write, the answer). Errors are answered by the application's exception handlers,
+so they read as the endpoint's do.
 
 With a group commit (PostgreSQL), a person's write, or an API key's that this process has
-cached, reads nothing in its request: its authorization goes to the batch with the write
-(configsync.configs.deferred), which reads every writer's account and service owner in one
-statement and refuses in the endpoint's order.
+cached, reads nothing in its request: it is checked on the event loop and handed to the group
+with its authorization (configsync.configs.deferred), whose batch reads every writer's account
+and service owner in one statement and refuses in the endpoint's order; the request awaits the
+outcome, holding no thread. Other writes (SQLite; a key not cached yet) read their caller in
+one hop to a thread of the runtime's.
 
 What it does not take goes on to the endpoint before anything is done: a query string, an
 Idempotency-Key, a body that does not validate (the endpoint words the 422) or, for PUT and
@@ -37,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from configsync.auth.authenticator import Authenticator, Credentials, credentials
+from configsync.auth.authenticator import Authenticator, credentials
 from configsync.auth.permissions import Caller
 from configsync.configs import commands
 from configsync.configs.auth import plain_write_context, write_access
@@ -50,7 +52,7 @@ from configsync.configs.schemas import ConfigWrite, LegacyUpdate
 from configsync.db import unit_of_work
 from configsync.deps import client_of
 from configsync.domain.names import NAME_PATTERN
-from configsync.errors import ConfigSyncError
+from configsync.errors import ConfigSyncError, Unauthorized
 from configsync.hygiene import MALFORMED
 from configsync.metrics import CONFIG_ROUTE, REQUEST_COUNTS
 from configsync.middleware import JSON_BODY, new_request_id
@@ -108,12 +110,18 @@ class DirectWrites:
             return
         state["route"] = route.template  # for the request log (configsync.logs)
         try:
-            # A plain executor, not Starlette's run_in_threadpool: anyio's hop (its limiter,
-            # cancel scope and queue) cost 136 us of CPU a call against the executor's 40
-            # (eight concurrent callers), 5% of a write's API CPU.
-            response = await asyncio.get_running_loop().run_in_executor(
-                self.threads, self._write, route, body, headers, state
-            )
+            authorization = self._deferrable(route, body, headers)
+            if authorization is not None:
+                # Nothing here waits on the database: checked on the event loop, handed to the
+                # group, awaited (configsync.configs.deferred).
+                response = await self._submitted(route, body, headers, state, authorization)
+            else:
+                # A plain executor, not Starlette's run_in_threadpool: anyio's hop (its limiter,
+                # cancel scope and queue) cost 136 us of CPU a call against the executor's 40
+                # (eight concurrent callers), 5% of a write's API CPU.
+                response = await asyncio.get_running_loop().run_in_executor(
+                    self.threads, self._write, route, body, headers, state
+                )
         except Exception as exc:
             response = await _handled(scope, receive, exc)
         await response(scope, receive, send)
@@ -146,9 +154,6 @@ class DirectWrites:
     ) -> Response:
         """What the endpoint's dependencies and the endpoint do, in the same order."""
         creds = credentials(headers)
-        authorization = self._deferrable(route, body, creds)
-        if authorization is not None:
-            return self._deferred(route, body, headers, state, authorization)
         with unit_of_work(self.sessions) as session:
             caller = self.authenticator.cached(creds) or self.authenticator.resolve(
                 session, creds, owner_of=route.service(body)
@@ -164,28 +169,33 @@ class DirectWrites:
             )
             return route.write(session, caller, body, headers, ctx)
 
-    def _deferrable(
-        self, route: Route, body: Any, creds: Credentials | None
-    ) -> Authorization | None:
+    def _deferrable(self, route: Route, body: Any, headers: ScopeHeaders) -> Authorization | None:
         """The write's authorization, to be settled in its batch (configsync.configs.deferred),
         when the request can hand it on without reading the database: with a group commit, a
         person's token or an API key this process has cached, and names that are valid (the
-        endpoint's 400 for a bad name comes before its 403)."""
-        if self.path.group is None or creds is None:
+        endpoint's 400 for a bad name comes before its 403). Credentials refused on sight
+        take the other path too, which words the refusal as the endpoint does."""
+        if self.path.group is None:
             return None
         if not (
             NAME_PATTERN.fullmatch(route.service(body))
             and NAME_PATTERN.fullmatch(route.environment(body))
         ):
             return None
-        caller = self.authenticator.cached(creds)
-        if caller is not None:
-            return Authorization(caller=caller)
-        if creds.kind == "jwt":
-            return Authorization(claims=self.authenticator.claims(creds))
-        return None  # an API key this process has not cached yet: read (and cached) here
+        try:
+            creds = credentials(headers)
+            if creds is None:
+                return None
+            caller = self.authenticator.cached(creds)
+            if caller is not None:
+                return Authorization(caller=caller)
+            if creds.kind == "jwt":
+                return Authorization(claims=self.authenticator.claims(creds))
+        except Unauthorized:
+            return None
+        return None  # an API key this process has not cached yet: read (and cached) there
 
-    def _deferred(
+    async def _submitted(
         self,
         route: Route,
         body: Any,
@@ -193,8 +203,9 @@ class DirectWrites:
         state: dict[str, Any],
         authorization: Authorization,
     ) -> Response:
-        """The write handed to its batch with its authorization; what the request's own checks
-        refuse goes with it, to be answered once the caller is known to be allowed."""
+        """The write handed to its batch with its authorization, and its answer once the batch
+        has committed; what the request's own checks refuse goes with it, to be answered once
+        the caller is known to be allowed."""
         if authorization.caller is not None:
             state["caller"] = authorization.caller.log_name
         claims = authorization.claims
@@ -218,8 +229,15 @@ class DirectWrites:
             pending = PendingWrite(
                 route.service(body), route.environment(body), ctx, None, None, None
             )
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[WriteResult] = loop.create_future()
+
+        def done(result: WriteResult | BaseException) -> None:  # on the batch's thread
+            loop.call_soon_threadsafe(_settle, outcome, result)
+
+        commands.grouped_async(dataclasses.replace(pending, authorization=authorization), done)
         try:
-            result = commands.grouped(dataclasses.replace(pending, authorization=authorization))
+            result = await outcome
         finally:
             if authorization.caller is not None:
                 state["caller"] = authorization.caller.log_name
@@ -301,6 +319,15 @@ LEGACY_UPDATE = Route(
     legacy_written,
     json_only=False,
 )
+
+
+def _settle(future: asyncio.Future[WriteResult], outcome: WriteResult | BaseException) -> None:
+    if future.done():  # the request was cancelled meanwhile (its write is made all the same)
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 async def _handled(scope: Scope, receive: Receive, exc: Exception) -> Response:

@@ -17,6 +17,9 @@ Items may name a key (`key`): a batch holds at most one item of each key, and th
 in order, for a later batch. The config writes' key is their stream: each is decided against
 the state the one before it committed.
 
+A writer that must not block (a request on the event loop) submits with `submit_async`: its
+outcome goes to a callback, and a batch it is to lead runs on the group's own leader thread.
+
 One batch is in flight per GroupCommit at a time, on a connection of its own (`for_database`).
 Writers may wait here while holding a connection of their own (a request's session, with what it
 read before its write), so a shared pool could run out with every connection held by a
@@ -27,9 +30,11 @@ safe because nothing can have been written on a dead connection.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 from sqlalchemy import Engine
@@ -37,6 +42,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from configsync.db import make_engine, make_session_factory
+
+log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Outcome = TypeVar("Outcome")
@@ -47,18 +54,50 @@ Work = Callable[[Session, Sequence[Item]], Sequence[Outcome | Exception]]
 
 
 class _Slot(Generic[Item, Outcome]):
-    __slots__ = ("done", "item", "outcome", "wake")
+    """A writer's item, waited for by the thread that submitted it."""
+
+    __slots__ = ("done", "item", "outcome", "woken")
 
     def __init__(self, item: Item) -> None:
         self.item = item
         self.outcome: Outcome | BaseException | None = None
         self.done = False
         # Set once: when the outcome is in, or when this slot's writer is to lead the next batch.
-        self.wake = threading.Event()
+        self.woken = threading.Event()
 
     def settle(self, outcome: Outcome | BaseException) -> None:
         self.outcome = outcome
         self.done = True
+
+    def wake(self) -> None:
+        """With the outcome in: hand it over; without: lead the next batch."""
+        self.woken.set()
+
+
+class _CallbackSlot(_Slot[Item, Outcome]):
+    """A writer's item whose outcome goes to a callback (`submit_async`): no thread waits for
+    it, so the batch it is to lead runs on the group's own leader thread."""
+
+    __slots__ = ("group", "on_done")
+
+    def __init__(
+        self,
+        item: Item,
+        on_done: Callable[[Outcome | BaseException], None],
+        group: GroupCommit[Item, Outcome],
+    ) -> None:
+        super().__init__(item)
+        self.on_done = on_done
+        self.group = group
+
+    def wake(self) -> None:
+        if not self.done:
+            self.group._leader().submit(self.group._lead, self)
+            return
+        try:
+            self.on_done(self.outcome)  # type: ignore[arg-type]
+        except Exception:  # the batch's other writers must still be woken
+            log.exception("a group commit's outcome callback failed")
 
 
 class GroupCommit(Generic[Item, Outcome]):
@@ -82,6 +121,9 @@ class GroupCommit(Generic[Item, Outcome]):
         self._queue: deque[_Slot[Item, Outcome]] = deque()
         self._committing = False
         self._engine: Engine | None = None
+        # Runs the batches that writers submitting with `submit_async` are to lead (made at the
+        # first such writer).
+        self._leader_thread: ThreadPoolExecutor | None = None
         # Read by the benchmark and the tests: transactions run, items submitted.
         self.transactions = 0
         self.items = 0
@@ -114,6 +156,12 @@ class GroupCommit(Generic[Item, Outcome]):
         return group
 
     def close(self) -> None:
+        """Release the connection and the leader thread (a batch under way finishes first). As
+        with the engine's dispose, a later submission makes them again."""
+        with self._lock:
+            leader, self._leader_thread = self._leader_thread, None
+        if leader is not None:
+            leader.shutdown(wait=False)
         if self._engine is not None:
             self._engine.dispose()
 
@@ -134,12 +182,32 @@ class GroupCommit(Generic[Item, Outcome]):
                 self._queue.append(slot)
         if not lead:
             # Woken once: with the outcome, or to lead the batch of everything queued by now.
-            slot.wake.wait()
+            slot.woken.wait()
         if not slot.done:
             self._lead(slot)
         if isinstance(slot.outcome, BaseException):
             raise slot.outcome
         return slot.outcome  # type: ignore[return-value]
+
+    def submit_async(self, item: Item, on_done: Callable[[Outcome | BaseException], None]) -> None:
+        """Run `item` in the next batch without waiting: `on_done` gets its outcome (or its
+        error) once committed, on the thread that ran the batch. A batch it leads runs on the
+        group's leader thread. For callers that must not block (an event loop)."""
+        slot = _CallbackSlot(item, on_done, self)
+        with self._lock:
+            lead = not self._committing
+            if lead:
+                self._committing = True
+            else:
+                self._queue.append(slot)
+        if lead:
+            self._leader().submit(self._lead, slot)
+
+    def _leader(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._leader_thread is None:
+                self._leader_thread = ThreadPoolExecutor(1, thread_name_prefix="configsync-group")
+            return self._leader_thread
 
     def _lead(self, own: _Slot[Item, Outcome]) -> None:
         # Only one writer leads at a time; each wakes exactly the writers it has news for (no
@@ -152,13 +220,15 @@ class GroupCommit(Generic[Item, Outcome]):
             self._commit(batch)
         finally:
             for slot in batch:
-                if slot is not own:
-                    slot.wake.set()
+                # (A waiting thread that leads reads its own outcome when this returns.)
+                if slot is not own or isinstance(own, _CallbackSlot):
+                    slot.wake()
             with self._lock:
-                if self._queue:
-                    self._queue[0].wake.set()
-                else:
+                following = self._queue[0] if self._queue else None
+                if following is None:
                     self._committing = False
+            if following is not None:
+                following.wake()
 
     def _take(self, own: _Slot[Item, Outcome]) -> list[_Slot[Item, Outcome]]:
         """The next batch: `own`, then queued items in order, one per key (under `_lock`)."""
