@@ -16,7 +16,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Index, Integer, String, Table, Text, delete, insert, select
+from sqlalchemy import (
+    BigInteger,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    bindparam,
+    delete,
+    insert,
+    select,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from configsync.db import Base, UTCDateTime
@@ -102,8 +113,9 @@ def row_values(event: StoredEvent) -> dict[str, Any]:
     }
 
 
-def as_item(row: AuditRow) -> dict[str, Any]:
-    """An audit row as the API and the file show it."""
+def as_item(row: Any) -> dict[str, Any]:
+    """An audit row (an AuditRow, or a row of its table's columns) as the API and the file
+    show it."""
     return {
         "position": row.position,
         "event_id": row.event_id,
@@ -154,15 +166,20 @@ def first_mismatch(session: Session) -> int | None:
     return int(found) if found is not None else None
 
 
-def rows_after(session: Session, after: int, limit: int) -> list[AuditRow]:
-    return list(
-        session.scalars(
-            select(AuditRow)
-            .where(AuditRow.position > after)
-            .order_by(AuditRow.position)
-            .limit(limit)
-        )
-    )
+# Built once, and read as plain rows (their columns are named as AuditRow's attributes, which is
+# all `as_item` reads): the worker runs it for every catch-up task, where loading ORM instances
+# was a sixth of its CPU per write (py-spy, 2026-12-02).
+_ROWS_AFTER = (
+    select(*AuditRow.__table__.columns)
+    .where(AuditRow.position > bindparam("after"))
+    .order_by(AuditRow.position)
+    .limit(bindparam("limit"))
+)
+
+
+def rows_after(session: Session, after: int, limit: int) -> list[Any]:
+    """Up to `limit` audit rows after position `after`, in order, as rows `as_item` reads."""
+    return list(session.connection().execute(_ROWS_AFTER, {"after": after, "limit": limit}))
 
 
 class AuditFile:
@@ -195,7 +212,7 @@ class AuditFile:
         return written
 
     @staticmethod
-    def _line(row: AuditRow) -> bytes:
+    def _line(row: Any) -> bytes:
         return json.dumps(as_item(row), ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
     @staticmethod
