@@ -159,15 +159,20 @@ class DirectWrites:
                 session, creds, owner_of=route.service(body)
             )
             state["caller"] = caller.log_name
-            ctx = plain_write_context(
-                caller,
-                self.settings,
-                self.vault,
-                self.path,
-                state.get("request_id") or new_request_id(),
-                client_of(headers.get("user-agent")),
-            )
+            ctx = self._context(caller, headers, state)
             return route.write(session, caller, body, headers, ctx)
+
+    def _context(
+        self, caller: Caller, headers: ScopeHeaders, state: dict[str, Any]
+    ) -> WriteContext:
+        return plain_write_context(
+            caller,
+            self.settings,
+            self.vault,
+            self.path,
+            state.get("request_id") or new_request_id(),
+            client_of(headers.get("user-agent")),
+        )
 
     def _deferrable(self, route: Route, body: Any, headers: ScopeHeaders) -> Authorization | None:
         """The write's authorization, to be settled in its batch (configsync.configs.deferred),
@@ -214,14 +219,7 @@ class DirectWrites:
         caller = authorization.caller or Caller(
             kind="user", id=claims.user_id if claims else "", name=""
         )
-        ctx = plain_write_context(
-            caller,
-            self.settings,
-            self.vault,
-            self.path,
-            state.get("request_id") or new_request_id(),
-            client_of(headers.get("user-agent")),
-        )
+        ctx = self._context(caller, headers, state)
         try:
             pending = route.pending(body, headers, ctx, authorization)
         except ConfigSyncError as refused:

@@ -174,12 +174,7 @@ class GroupCommit(Generic[Item, Outcome]):
     def submit(self, item: Item) -> Outcome:
         """Run `item` in the next batch; return its outcome once committed, or raise its error."""
         slot: _Slot[Item, Outcome] = _Slot(item)
-        with self._lock:
-            lead = not self._committing
-            if lead:
-                self._committing = True
-            else:
-                self._queue.append(slot)
+        lead = self._enter(slot)
         if not lead:
             # Woken once: with the outcome, or to lead the batch of everything queued by now.
             slot.woken.wait()
@@ -194,14 +189,17 @@ class GroupCommit(Generic[Item, Outcome]):
         error) once committed, on the thread that ran the batch. A batch it leads runs on the
         group's leader thread. For callers that must not block (an event loop)."""
         slot = _CallbackSlot(item, on_done, self)
-        with self._lock:
-            lead = not self._committing
-            if lead:
-                self._committing = True
-            else:
-                self._queue.append(slot)
-        if lead:
+        if self._enter(slot):
             self._leader().submit(self._lead, slot)
+
+    def _enter(self, slot: _Slot[Item, Outcome]) -> bool:
+        """Whether `slot`'s writer leads a batch now (none is in flight); else it is queued."""
+        with self._lock:
+            if self._committing:
+                self._queue.append(slot)
+                return False
+            self._committing = True
+            return True
 
     def _leader(self) -> ThreadPoolExecutor:
         with self._lock:
