@@ -274,8 +274,7 @@ def grouped(pending: PendingWrite) -> WriteResult:
     group = pending.ctx.path.group
     assert group is not None
     result = group.submit(pending)
-    if (event := result.event) is not None:
-        run_after_commit(_bind(listener, event) for listener in pending.ctx.path.listeners)
+    _heard(pending, result)
     return result
 
 
@@ -286,14 +285,19 @@ def grouped_async(
     ran the batch, once the listeners have heard of it."""
     group = pending.ctx.path.group
     assert group is not None
-    listeners = pending.ctx.path.listeners
 
     def done(outcome: WriteResult | BaseException) -> None:
-        if isinstance(outcome, WriteResult) and (event := outcome.event) is not None:
-            run_after_commit(_bind(listener, event) for listener in listeners)
+        if isinstance(outcome, WriteResult):
+            _heard(pending, outcome)
         on_done(outcome)
 
     group.submit_async(pending, done)
+
+
+def _heard(pending: PendingWrite, result: WriteResult) -> None:
+    """Tell the write path's listeners of the event a grouped write committed, if any."""
+    if (event := result.event) is not None:
+        run_after_commit(_bind(listener, event) for listener in pending.ctx.path.listeners)
 
 
 @dataclass(frozen=True, slots=True)

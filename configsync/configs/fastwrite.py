@@ -213,12 +213,12 @@ class DirectWrites:
         the caller is known to be allowed."""
         if authorization.caller is not None:
             state["caller"] = authorization.caller.log_name
-        claims = authorization.claims
-        # Until the batch has read the person's account, the write's actor is only its id
-        # (decide_and_record refuses a write whose authorization is not settled).
-        caller = authorization.caller or Caller(
-            kind="user", id=claims.user_id if claims else "", name=""
-        )
+        caller = authorization.caller
+        if caller is None:
+            # Until the batch has read the person's account, the write's actor is only its id
+            # (decide_and_record refuses a write whose authorization is not settled).
+            assert authorization.claims is not None
+            caller = Caller(kind="user", id=authorization.claims.user_id, name="")
         ctx = self._context(caller, headers, state)
         try:
             pending = route.pending(body, headers, ctx, authorization)
