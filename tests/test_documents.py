@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import struct
 from typing import Any
 
 import pytest
@@ -306,3 +308,56 @@ def test_canonical_json_without_floats_is_the_standard_librarys_text(value: Any)
         return
     expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert canonical_json(value) == expected
+
+
+_parsed = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),  # beyond 64 bits too
+        st.floats(allow_nan=False, allow_infinity=False),  # -0.0, subnormals, 1e308
+        st.text(),  # lone surrogates too
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=16,
+)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, with every value of the same type, and floats equal to the bit (-0.0 too)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        return struct.pack("<d", a) == struct.pack("<d", b)
+    return bool(a == b)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_parsed, st.booleans())
+def test_loads_gives_the_standard_librarys_value(value: Any, ascii_only: bool) -> None:
+    """configsync.events.canonical.loads parses with orjson, and with json.loads what orjson
+    refuses: the value is json.loads's, types, key order and floats to the bit included, for
+    texts as the store writes them and as json.dumps writes them (escapes, surrogates, big
+    integers, NaN and Infinity)."""
+    from configsync.events.canonical import loads
+
+    texts = [json.dumps(value, ensure_ascii=ascii_only)]
+    with contextlib.suppress(InvalidDocument, ValueError):
+        texts.append(canonical_json(value))
+    for text in texts:
+        assert _same(loads(text), json.loads(text))
+        with contextlib.suppress(UnicodeEncodeError):  # a raw lone surrogate is not UTF-8
+            assert _same(loads(text.encode()), json.loads(text))
+
+
+@pytest.mark.parametrize("text", ["NaN", "[Infinity, -Infinity]", '{"a": 1e400}', "1" * 30])
+def test_loads_takes_what_only_the_standard_library_does(text: str) -> None:
+    from configsync.events.canonical import loads
+
+    assert repr(loads(text)) == repr(json.loads(text))
