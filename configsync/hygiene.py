@@ -87,12 +87,15 @@ class _DuplicateKey(ValueError):
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in found:
+    found = dict(pairs)  # in C; a key given twice leaves fewer entries than pairs
+    if len(found) == len(pairs):
+        return found
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
             raise _DuplicateKey(key)
-        found[key] = value
-    return found
+        seen.add(key)
+    raise AssertionError("unreachable")
 
 
 def _check_strings(value: Any) -> None:

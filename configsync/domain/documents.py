@@ -67,14 +67,13 @@ def _count_keys_and_depth(document: Document, max_depth: int) -> tuple[int, int]
             return keys, deepest
         if isinstance(node, dict):
             keys += len(node)
-            stack.extend((child, depth + 1) for child in node.values() if _is_container(child))
+            stack.extend((c, depth + 1) for c in node.values() if isinstance(c, _CONTAINERS))
         elif isinstance(node, list):
-            stack.extend((child, depth + 1) for child in node if _is_container(child))
+            stack.extend((c, depth + 1) for c in node if isinstance(c, _CONTAINERS))
     return keys, deepest
 
 
-def _is_container(value: Any) -> bool:
-    return isinstance(value, dict | list)
+_CONTAINERS = (dict, list)  # (a tuple: `dict | list` is a new union object at every call)
 
 
 def _json_type_name(value: Any) -> str:
@@ -163,6 +162,11 @@ def _walk(old: Document, new: Document, path: list[str], out: list[Change]) -> N
             out.append({"op": "add", "path": [*path, key], "value": value})
             continue
         before = old[key]
+        # Most keys of a write keep their value: a string, integer, boolean or null of the same
+        # type and equal is unchanged as JSON sees it too (floats, -0.0 among them, and
+        # containers go the long way).
+        if type(before) is type(value) and type(value) in _PLAIN_SCALARS and before == value:
+            continue
         if _is_object(before) and _is_object(value):
             _walk(before, value, [*path, key], out)
         elif not documents_equal(before, value):
@@ -170,6 +174,9 @@ def _walk(old: Document, new: Document, path: list[str], out: list[Change]) -> N
     for key, value in old.items():
         if key not in new:
             out.append({"op": "remove", "path": [*path, key], "old": value})
+
+
+_PLAIN_SCALARS = frozenset({str, int, bool, type(None)})
 
 
 def _is_object(value: Any) -> bool:

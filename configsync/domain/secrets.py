@@ -36,6 +36,11 @@ DEFAULT_PATTERNS = ("*PASSWORD*", "*SECRET*", "*TOKEN*", "*_KEY", "*PRIVATE*", "
 # A path inside a document: object keys, and list indexes where the value sits in an array.
 Path = tuple[str | int, ...]
 
+# What the walks below descend into. A tuple, not `dict | list`: that expression builds a new
+# union object each time it is evaluated, and isinstance checks it three times slower; every
+# write walks its document several times, value by value.
+_CONTAINERS = (dict, list)
+
 
 @dataclass(frozen=True, slots=True)
 class SecretRule:
@@ -51,19 +56,22 @@ class SecretRule:
     def paths(self, document: JSONValue) -> list[Path]:
         """The paths of the secret values of `document` (a secret's inside is not searched)."""
         found: list[Path] = []
-        patterns = self.patterns
+        secret = _secret_names(self.patterns)
         declared = self.declared
 
         def walk(node: Any, path: Path, keys: tuple[str, ...]) -> None:
             if isinstance(node, dict):
                 for name, value in node.items():
-                    if _secret_name(patterns, name) or (declared and (*keys, name) in declared):
+                    is_secret = secret.get(name)
+                    if is_secret is None:
+                        is_secret = _remember(secret, name, self.patterns)
+                    if is_secret or (declared and (*keys, name) in declared):
                         found.append((*path, name))
-                    elif isinstance(value, dict | list):
+                    elif isinstance(value, _CONTAINERS):
                         walk(value, (*path, name), (*keys, name))
             elif isinstance(node, list):
                 for index, value in enumerate(node):
-                    if isinstance(value, dict | list):
+                    if isinstance(value, _CONTAINERS):
                         walk(value, (*path, index), keys)
 
         walk(document, (), ())
@@ -77,10 +85,34 @@ def _matcher(patterns: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]
     return re.compile(expression, re.IGNORECASE | re.DOTALL).match
 
 
-@functools.lru_cache(maxsize=100_000)
 def _secret_name(patterns: tuple[str, ...], name: str) -> bool:
-    # Key names repeat from one write to the next: each is matched once.
-    return _matcher(patterns)(name) is not None
+    names = _secret_names(patterns)
+    found = names.get(name)
+    return _remember(names, name, patterns) if found is None else found
+
+
+# Key names repeat from one write to the next: each is matched once per set of patterns, then
+# looked up in a plain dict (`SecretRule.paths` does so inline, for every key of every written
+# document; an lru_cache keyed by (patterns, name) hashed the patterns' tuple again at each
+# call). Bounded: past _NAMES_KEPT names a set starts afresh.
+_NAMES: dict[tuple[str, ...], dict[str, bool]] = {}
+_NAMES_KEPT = 100_000
+
+
+def _secret_names(patterns: tuple[str, ...]) -> dict[str, bool]:
+    names = _NAMES.get(patterns)
+    if names is None:
+        if len(_NAMES) >= 64:
+            _NAMES.clear()
+        names = _NAMES[patterns] = {}
+    return names
+
+
+def _remember(names: dict[str, bool], name: str, patterns: tuple[str, ...]) -> bool:
+    if len(names) >= _NAMES_KEPT:
+        names.clear()
+    matched = names[name] = _matcher(patterns)(name) is not None
+    return matched
 
 
 def is_envelope(value: Any) -> bool:
@@ -146,7 +178,7 @@ def replaced(value: Any, matches: Callable[[Any], bool], by: Callable[[Any, Path
             return node
         copy: Any = None
         for key, child in items:
-            if isinstance(child, dict | list):
+            if isinstance(child, _CONTAINERS):
                 path.append(key)
                 new = walk(child)
                 path.pop()
@@ -185,9 +217,9 @@ def check_not_reserved(document: Any) -> None:
         if isinstance(node, dict):
             if ENVELOPE_KEY in node:
                 raise InvalidDocument(f"the key {ENVELOPE_KEY!r} is reserved for sealed secrets")
-            stack.extend(v for v in node.values() if isinstance(v, dict | list))
+            stack.extend(v for v in node.values() if isinstance(v, _CONTAINERS))
         elif isinstance(node, list):
-            stack.extend(v for v in node if isinstance(v, dict | list))
+            stack.extend(v for v in node if isinstance(v, _CONTAINERS))
 
 
 def get_path(document: Any, path: Path) -> Any:
