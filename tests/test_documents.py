@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import re
 import struct
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 from deepdiff import DeepDiff
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from configsync.domain.documents import (
@@ -77,6 +78,46 @@ def test_applying_the_changes_from_a_to_b_gives_b(a: dict[str, Any], b: dict[str
     assert documents_equal(apply_changes(copy_document(a), changes), b)
     # the stored form is plain JSON
     assert json.loads(json.dumps(changes)) == changes
+
+
+_whole = st.builds(  # what compute_changes does not make: the whole document replaced, then a
+    lambda d, value: [  # key set inside an object the event itself creates
+        {"op": "replace", "path": [], "value": d},
+        {"op": "add", "path": ["\u2603 new", "inner"], "value": value},
+    ],
+    documents,
+    values,
+)
+
+
+@given(a=documents, b=documents, c=documents, odd=_whole)
+@settings(max_examples=300)
+def test_applied_is_apply_changes_on_a_copy_and_leaves_the_document_alone(
+    a: dict[str, Any], b: dict[str, Any], c: dict[str, Any], odd: list[dict[str, Any]]
+) -> None:
+    """`applied` (a write's next document, sharing what its changes do not touch) gives what
+    `apply_changes` gives on a deep copy, for one event and for a chain of them, and changes
+    neither the document it started from nor the changes' values."""
+    from configsync.domain.documents import applied
+
+    def text(document: Any) -> str:
+        return json.dumps(document, sort_keys=True)
+
+    first, second = compute_changes(a, b), compute_changes(b, c)
+    before_a = text(a)
+    after_first = applied(a, first)
+    assert text(after_first) == text(apply_changes(copy_document(a), first))
+    after_second = applied(after_first, second)
+    assert text(after_second) == text(apply_changes(copy_document(b), second))
+    assert documents_equal(after_second, c)
+    assert text(a) == before_a
+    assert documents_equal(after_first, b)  # the second event did not reach into the first's
+    assume("\u2603 new" not in odd[0]["value"])
+    for changes in (odd, [*first, *odd]):
+        expected = apply_changes(copy_document(a), copy.deepcopy(changes))
+        changes_before = text(changes)
+        assert text(applied(a, changes)) == text(expected)
+        assert text(a) == before_a and text(changes) == changes_before
 
 
 @given(a=documents)
