@@ -353,8 +353,12 @@ def test_a_persons_write_reads_its_caller_and_the_owner_in_its_batch(
     assert mine.status_code == 200, mine.text
     assert refused.status_code == 404, refused.text
     assert requests == []
-    # One batch each (one request at a time): one statement reads its holder and owner.
-    assert sum("FROM unnest(CAST(%(users)s" in s for s in batches) == 3, batches
+    # One batch each (one request at a time): one statement reads its holder and owner, and it
+    # is the one that locks and reads the config (no round trip of its own).
+    holders = [s for s in batches if "unnest(CAST(%(users)s" in s]
+    assert len(holders) == 3, batches
+    assert all("configsync_lock_and_read_many" in s for s in holders), holders
+    assert sum("configsync_lock_and_read_many" in s for s in batches) == 3, batches
     assert pg_api.get(URL, headers=owner).json()["data"] == {"A": 2}
     assert pg_api.get("/v1/configs/theirs/prod", headers=stranger).json()["data"] == {"B": 1}
 

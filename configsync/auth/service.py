@@ -161,34 +161,29 @@ def token_holder(claims: Any, row: Any) -> TokenHolder:
 
 
 # For many writes at once (configsync.configs.deferred, PostgreSQL): each asked (user, jti,
-# service) gives one row, in order; the account's columns are NULL when no user was asked or
-# there is no such account, the service's when there is no such service. Each lookup is by key
-# (LATERAL ... LIMIT 1: index scans whatever the tables' statistics, as migration 0014's).
-_HOLDERS_AND_OWNERS = text(
-    "SELECT u.email, u.role, u.is_active, u.token_generation,"
+# service) gives one row, in order (`x.n`); the account's columns are NULL when no user was
+# asked or there is no such account, the service's when there is no such service. Each lookup
+# is by key (LATERAL ... LIMIT 1: index scans whatever the tables' statistics, as migration
+# 0014's). The batch reads them beside its configs' states, in one statement (deferred).
+HOLDERS_COLUMNS = (
+    "u.email, u.role, u.is_active, u.token_generation,"
     " EXISTS (SELECT 1 FROM revoked_tokens AS r WHERE r.jti = x.jti) AS revoked,"
     " s.name AS service_name, s.owner_id"
-    " FROM unnest(CAST(:users AS text[]), CAST(:jtis AS text[]), CAST(:services AS text[]))"
+)
+HOLDERS_FROM = (
+    "unnest(CAST(:users AS text[]), CAST(:jtis AS text[]), CAST(:services AS text[]))"
     " WITH ORDINALITY AS x(user_id, jti, service, n)"
     " LEFT JOIN LATERAL (SELECT email, role, is_active, token_generation FROM users"
     " WHERE id = x.user_id LIMIT 1) AS u ON true"
     " LEFT JOIN LATERAL (SELECT name, owner_id FROM services"
     " WHERE name = x.service LIMIT 1) AS s ON true"
-    " ORDER BY x.n"
 )
 
 
-def holders_and_owners(
-    session: Session, asked: Sequence[tuple[str | None, str | None, str]]
-) -> list[Any]:
-    """For each (user id or None, token id or None, service): a row with the account's columns
-    for `token_holder` (NULL when no user was asked or none has that id) and the service's name
-    and owner (NULL when there is no such service), in one statement on PostgreSQL."""
+def holders_params(asked: Sequence[tuple[str | None, str | None, str]]) -> dict[str, Any]:
+    """The parameters of HOLDERS_FROM for each (user id or None, token id or None, service)."""
     users, jtis, services = (list(column) for column in zip(*asked, strict=True))
-    rows = session.connection().execute(
-        _HOLDERS_AND_OWNERS, {"users": users, "jtis": jtis, "services": services}
-    )
-    return list(rows)
+    return {"users": users, "jtis": jtis, "services": services}
 
 
 def log_in(

@@ -11,8 +11,9 @@ after commit, is the `WritePath` in the WriteContext: passed in, never looked up
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from configsync.auth.models import ServiceRow
 from configsync.configs.idempotency import IdempotencyKey, Used, remember
-from configsync.configs.queries import get, lock_and_read, missing, state_at
+from configsync.configs.queries import WriteState, get, lock_and_read, missing, state_at
 from configsync.db import (
     after_commit,
     insert_missing,
@@ -338,10 +339,13 @@ class _Decided:
 
 
 def decide_and_record(
-    session: Session, writes: Sequence[PendingWrite]
+    session: Session,
+    writes: Sequence[PendingWrite],
+    states: Sequence[WriteState] | None = None,
 ) -> list[WriteResult | Exception]:
     """Lock the writes' streams, decide each against its config's state, append the events of
     those that change something and apply the inline projections, in `session`'s transaction.
+    `states`: the writes' streams already locked and read (lock_and_read's, in order).
 
     One outcome per write, in order: its result, or the error that refused it alone (a stale
     expected version, a document the limits refuse, a config to delete that is not there).
@@ -350,15 +354,9 @@ def decide_and_record(
     """
     if any(w.authorization is not None for w in writes):
         raise RuntimeError("a write whose authorization is not settled cannot be decided")
-    try:
-        states = lock_and_read(session, [(w.service, w.environment) for w in writes])
-    except OperationalError as error:
-        if len(writes) > 1 and is_lock_timeout(error):
-            # A stream held too long by another transaction: not every write's fault. Raised
-            # as what the group commit runs again write by write, so that only that stream's
-            # writers wait it out (and get the timeout); the others go through at once.
-            raise StreamsBusy from error
-        raise
+    if states is None:
+        with streams_busy(len(writes)):
+            states = lock_and_read(session, [(w.service, w.environment) for w in writes])
     decided: list[_Decided | WriteResult | Exception] = []
     for write, (state, declared) in zip(writes, states, strict=True):
         try:
@@ -374,6 +372,21 @@ def decide_and_record(
         event = next(appended)
         outcomes.append(event if isinstance(event, Exception) else _changed(write, decision, event))
     return outcomes
+
+
+@contextlib.contextmanager
+def streams_busy(writes: int) -> Iterator[None]:
+    """Around the locking of a batch's streams: a lock wait that timed out is raised as
+    StreamsBusy when the batch holds more than one write. A stream held too long by another
+    transaction is not every write's fault: the group commit runs StreamsBusy's batch again
+    write by write, so that only that stream's writers wait it out (and get the timeout); the
+    others go through at once."""
+    try:
+        yield
+    except OperationalError as error:
+        if writes > 1 and is_lock_timeout(error):
+            raise StreamsBusy from error
+        raise
 
 
 def _decide(

@@ -450,14 +450,18 @@ def _declared(stored: str | None) -> list[list[str]]:
     return paths
 
 
-# Named as `current`'s own columns, so that CurrentConfig.from_row reads the rows.
-_LOCK_AND_READ = text(
-    "SELECT o_service AS service, o_environment AS environment, o_version AS version,"
+# Named as `current`'s own columns, so that CurrentConfig.from_row reads the rows. (Also read
+# beside the writers' accounts, in one statement: configsync.configs.deferred.)
+LOCK_AND_READ_COLUMNS = (
+    "o_service AS service, o_environment AS environment, o_version AS version,"
     " o_data AS data, o_deleted AS deleted, o_updated_at AS updated_at,"
     " o_updated_by AS updated_by, o_position AS position,"
     " o_service_exists AS service_exists, o_secret_paths AS secret_paths"
-    " FROM configsync_lock_and_read_many(:namespace, :streams, :services, :environments)"
-).columns(updated_at=UTCDateTime())
+)
+LOCK_AND_READ_CALL = "configsync_lock_and_read_many(:namespace, :streams, :services, :environments)"
+_LOCK_AND_READ = text(f"SELECT {LOCK_AND_READ_COLUMNS} FROM {LOCK_AND_READ_CALL}").columns(
+    updated_at=UTCDateTime()
+)
 
 # What a write computes its event from: the config's current state (None if it never existed)
 # and its service's declared secret paths (None if there is no such service).
@@ -482,19 +486,25 @@ def lock_and_read(session: Session, configs: list[tuple[str, str]]) -> list[Writ
             state = current.read(session, service, environment)
             states.append((state, secret_paths(session, service)))
         return states
-    params = {
+    return [write_state(row) for row in connection.execute(_LOCK_AND_READ, lock_params(configs))]
+
+
+def lock_params(configs: list[tuple[str, str]]) -> dict[str, Any]:
+    """The parameters of LOCK_AND_READ_CALL for `configs`."""
+    return {
         "namespace": STREAM_LOCK_NAMESPACE,
         "streams": [stream_name(service, environment) for service, environment in configs],
         "services": [service for service, _ in configs],
         "environments": [environment for _, environment in configs],
     }
-    return [
-        (
-            CurrentConfig.from_row(row) if row.version is not None else None,
-            _declared(row.secret_paths) if row.service_exists else None,
-        )
-        for row in connection.execute(_LOCK_AND_READ, params)
-    ]
+
+
+def write_state(row: Any) -> WriteState:
+    """The WriteState of a row of LOCK_AND_READ_COLUMNS."""
+    return (
+        CurrentConfig.from_row(row) if row.version is not None else None,
+        _declared(row.secret_paths) if row.service_exists else None,
+    )
 
 
 def _sets_plaintext(change: Change, path: list[str]) -> bool:

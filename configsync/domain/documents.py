@@ -224,9 +224,9 @@ def applied(document: Document, changes: Iterable[Mapping[str, Any]]) -> Documen
                 root = dict(root)
                 copied = {id(root)}
             continue
-        parent = root
+        parent: Any = root
         for part in path[:-1]:
-            child = parent.get(part)
+            child: Any = parent.get(part)
             if child is None and part not in parent:
                 child = parent[part] = {}
                 copied.add(id(child))
