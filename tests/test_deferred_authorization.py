@@ -223,3 +223,51 @@ def _nobody() -> Any:
     from configsync.auth.permissions import Caller
 
     return Caller(kind="user", id="nobody", name="nobody", role="admin")
+
+
+@pytest.mark.parametrize("made_by", ["owner@example.com", "writer@example.com"])
+def test_a_service_made_while_its_batch_waits_for_the_lock_is_authorized_as_it_is(
+    pg_api: Api, pg: Engine, deferred: list[str], made_by: str
+) -> None:
+    """The batch reads owners in its statement's snapshot and the configs' states after their
+    locks. A service made in between was not there when the owners were read: the write is
+    authorized against the service as it is after the locks, not as the creator of a new one.
+    Made by someone else: the endpoint's 404, and nothing appended. Made by the writer: the
+    write goes through."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from configsync.auth.models import ServiceRow
+    from configsync.db import make_session_factory, unit_of_work
+    from configsync.events.store import STREAM_LOCK_NAMESPACE
+    from tests.conftest import eventually, scalar
+
+    api = pg_api
+    writer = api.person("writer@example.com")
+    api.person("owner@example.com")
+    owner_id = scalar(pg, f"SELECT id FROM users WHERE email = '{made_by}'")
+    group = api.app.state.write_path.group
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        " AND query LIKE '%configsync_lock_and_read_many%'"
+    )
+    with pg.connect() as holder, ThreadPoolExecutor(1) as pool:
+        holder.execute(
+            text("SELECT pg_advisory_xact_lock(:ns, hashtext('race/prod'))"),
+            {"ns": STREAM_LOCK_NAMESPACE},
+        )
+        before = group.items
+        write = pool.submit(api.put, "/v1/configs/race/prod", headers=writer, json={"data": {}})
+        assert eventually(lambda: group.items == before + 1)
+        assert eventually(lambda: scalar(pg, waiting) == 1)  # its statement waits on the lock
+        with unit_of_work(make_session_factory(pg)) as session:
+            session.add(ServiceRow(name="race", owner_id=owner_id))
+        holder.rollback()  # the lock is released: the statement reads on, after the service
+        answer = write.result(timeout=30)
+    assert deferred == ["/v1/configs/{service}/{environment}"]
+    assert scalar(pg, "SELECT owner_id FROM services WHERE name = 'race'") == owner_id
+    if made_by == "owner@example.com":
+        assert answer.status_code == 404, answer.text  # not the writer's: not even seen
+        assert api.events() == 0
+    else:
+        assert answer.status_code == 201, answer.text
+        assert api.events() == 1

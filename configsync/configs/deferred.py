@@ -89,7 +89,7 @@ def authorize_and_record(
         if write.authorization is None:
             continue
         try:
-            authorized[index] = _authorized(write, row)
+            authorized[index] = _authorized(session, write, row)
         except ConfigSyncError as refused:
             outcomes[index] = refused
     waiting = [index for index, outcome in enumerate(outcomes) if outcome is None]
@@ -136,7 +136,7 @@ def _asked(write: PendingWrite) -> tuple[str | None, str | None, str]:
     return (claims.user_id, claims.token_id or "", write.service)
 
 
-def _authorized(write: PendingWrite, row: Any) -> PendingWrite:
+def _authorized(session: Session, write: PendingWrite, row: Any) -> PendingWrite:
     """`write` made by its authorized caller, or the refusal its request would have had."""
     authorization = write.authorization
     assert isinstance(authorization, Authorization)
@@ -146,9 +146,14 @@ def _authorized(write: PendingWrite, row: Any) -> PendingWrite:
         )
     caller = authorization.caller
     assert caller is not None
-    exists = row.service_name is not None
-    authorize_write(caller, write.service, write.environment, row.owner_id, exists)
-    access = ConfigAccess(caller, write.service, write.environment, exists, row.owner_id)
+    exists, owner = row.service_name is not None, row.owner_id
+    if not exists and row.service_exists:
+        # Made between the statement's snapshot (the owner read: no service) and its locks
+        # (the state read after them): the write is authorized against the service as it is,
+        # not as a creator of one (rare: the owner costs a read of its own only here).
+        exists, owner = service.service_owner(session, write.service)
+    authorize_write(caller, write.service, write.environment, owner, exists)
+    access = ConfigAccess(caller, write.service, write.environment, exists, owner)
     expect_existing(access, authorization.expected_version)
     if authorization.refusal is not None:
         raise authorization.refusal
