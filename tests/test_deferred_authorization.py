@@ -226,14 +226,15 @@ def _nobody() -> Any:
 
 
 @pytest.mark.parametrize("made_by", ["owner@example.com", "writer@example.com"])
+@pytest.mark.parametrize("path", ["deferred", "endpoint"])
 def test_a_service_made_while_its_batch_waits_for_the_lock_is_authorized_as_it_is(
-    pg_api: Api, pg: Engine, deferred: list[str], made_by: str
+    pg_api: Api, pg: Engine, deferred: list[str], made_by: str, path: str
 ) -> None:
-    """The batch reads owners in its statement's snapshot and the configs' states after their
-    locks. A service made in between was not there when the owners were read: the write is
-    authorized against the service as it is after the locks, not as the creator of a new one.
-    Made by someone else: the endpoint's 404, and nothing appended. Made by the writer: the
-    write goes through."""
+    """A write authorized to create a service (none was there when its owner was read: in its
+    batch's statement for a deferred write, in its request for one through the endpoint, here
+    with an Idempotency-Key) whose service is made before its batch holds the stream lock. Made
+    by someone else: refused (the endpoint's 404 when the batch authorizes it, 409 "send it
+    again" when the request did), nothing appended. Made by the writer: the write goes through."""
     from concurrent.futures import ThreadPoolExecutor
 
     from configsync.auth.models import ServiceRow
@@ -243,6 +244,8 @@ def test_a_service_made_while_its_batch_waits_for_the_lock_is_authorized_as_it_i
 
     api = pg_api
     writer = api.person("writer@example.com")
+    if path == "endpoint":
+        writer = {**writer, "Idempotency-Key": "race-1"}  # not the direct path
     api.person("owner@example.com")
     owner_id = scalar(pg, f"SELECT id FROM users WHERE email = '{made_by}'")
     group = api.app.state.write_path.group
@@ -258,15 +261,15 @@ def test_a_service_made_while_its_batch_waits_for_the_lock_is_authorized_as_it_i
         before = group.items
         write = pool.submit(api.put, "/v1/configs/race/prod", headers=writer, json={"data": {}})
         assert eventually(lambda: group.items == before + 1)
-        assert eventually(lambda: scalar(pg, waiting) == 1)  # its statement waits on the lock
+        assert eventually(lambda: scalar(pg, waiting) == 1)  # its batch waits on the lock
         with unit_of_work(make_session_factory(pg)) as session:
             session.add(ServiceRow(name="race", owner_id=owner_id))
-        holder.rollback()  # the lock is released: the statement reads on, after the service
+        holder.rollback()  # the lock is released: the batch reads on, after the service
         answer = write.result(timeout=30)
-    assert deferred == ["/v1/configs/{service}/{environment}"]
+    assert deferred == (["/v1/configs/{service}/{environment}"] if path == "deferred" else [])
     assert scalar(pg, "SELECT owner_id FROM services WHERE name = 'race'") == owner_id
     if made_by == "owner@example.com":
-        assert answer.status_code == 404, answer.text  # not the writer's: not even seen
+        assert answer.status_code == (404 if path == "deferred" else 409), answer.text
         assert api.events() == 0
     else:
         assert answer.status_code == 201, answer.text

@@ -118,6 +118,9 @@ class WriteContext:
     # Idempotency-Key of the request, and the outcome it was first used for (a retry).
     idempotency: IdempotencyKey | None = None
     used: Used | None = None
+    # Whether the caller's authorization found the write's service (False: it was allowed as
+    # the creator of a new one); None where no authorization recorded it (system writes).
+    service_existed: bool | None = None
 
     def metadata(self) -> dict[str, Any]:
         return {"actor": self.actor.as_json(), "request_id": self.request_id, "client": self.client}
@@ -398,6 +401,8 @@ def _decide(
     """The event a write appends to a config in `state` (its current state, read under its
     stream lock), or its unchanged result if the document it makes is the current one."""
     ctx = write.ctx
+    if ctx.service_existed is False and declared is not None:
+        _made_meanwhile(session, write)
     version = state.version if state else 0
     exists = state is not None and not state.deleted
     if write.expected_version is not None and write.expected_version != version:
@@ -444,6 +449,18 @@ def _decide(
         keys=tuple(sealer.pending),
     )
     return _Decided(ready, new, stored, exists)
+
+
+def _made_meanwhile(session: Session, write: PendingWrite) -> None:
+    """The write's caller was authorized to create its service, and the service exists under
+    the write's stream lock: made since, by this caller (the write goes on, as its owner's) or
+    by someone else, whom the write was never checked against (409; sent again, it is)."""
+    owner = session.scalar(select(ServiceRow.owner_id).where(ServiceRow.name == write.service))
+    if owner != write.ctx.actor.id:
+        raise AlreadyExists(
+            f"service {write.service} was created by someone else while this write was in "
+            "flight; send it again"
+        )
 
 
 def _changed(write: PendingWrite, decided: _Decided, event: StoredEvent) -> WriteResult:

@@ -157,5 +157,5 @@ def _authorized(session: Session, write: PendingWrite, row: Any) -> PendingWrite
     expect_existing(access, authorization.expected_version)
     if authorization.refusal is not None:
         raise authorization.refusal
-    ctx = dataclasses.replace(write.ctx, actor=caller.actor())
+    ctx = dataclasses.replace(write.ctx, actor=caller.actor(), service_existed=exists)
     return dataclasses.replace(write, ctx=ctx, authorization=None)

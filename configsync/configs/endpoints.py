@@ -6,6 +6,7 @@ calls one command or query, and shapes the answer. The request's unit of work co
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
@@ -252,7 +253,7 @@ def write_document(
         access.service,
         access.environment,
         body.data,
-        ctx,
+        dataclasses.replace(ctx, service_existed=access.exists),
         reason=body.reason,
         expected_version=expected,
     )

@@ -8,6 +8,7 @@ original's query names are accepted beside the ones its README used (`target_ver
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Annotated
 
@@ -167,7 +168,8 @@ def legacy_write(
     session: Session, caller: Caller, body: LegacyUpdate, ctx: WriteContext
 ) -> Response:
     """POST /config/update's work (here and on configsync.configs.fastwrite's direct path)."""
-    write_access(session, caller, body.name, body.environment)
+    access = write_access(session, caller, body.name, body.environment)
+    ctx = dataclasses.replace(ctx, service_existed=access.exists)
     result = commands.replace(
         session, body.name, body.environment, body.config, ctx, reason=body.reason
     )
