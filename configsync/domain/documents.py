@@ -217,12 +217,9 @@ def applied(document: Document, changes: Iterable[Mapping[str, Any]]) -> Documen
     copied = {id(root)}
     for change in changes:
         path = change["path"]
-        if not path:  # the whole document
-            root = {} if change["op"] == "remove" else change["value"]
-            copied = set()  # a value of the change: copied before any key of it is set
-            if change["op"] != "remove":
-                root = dict(root)
-                copied = {id(root)}
+        if not path:  # the whole document (the change's value copied before a key is set)
+            root = {} if change["op"] == "remove" else dict(change["value"])
+            copied = {id(root)}
             continue
         parent: Any = root
         for part in path[:-1]:
