@@ -7,7 +7,7 @@ Inline means in the append's own transaction, so a write is visible to the very 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -34,7 +34,7 @@ from configsync.domain.documents import (
     fold,
 )
 from configsync.domain.events import CONFIG_CHANGED, split_stream, stream_name
-from configsync.events import StoredEvent, iter_rows, read_stream
+from configsync.events import Alongside, NewEvent, StoredEvent, iter_rows, read_stream
 from configsync.events.canonical import canonical_json, loads
 from configsync.events.models import EventRow
 
@@ -136,21 +136,52 @@ def apply_all(session: Session, appended: Sequence[tuple[StoredEvent, str]]) -> 
 
 
 def _row_values(event: StoredEvent, document_json: str) -> dict[str, Any]:
-    service, environment = split_stream(event.stream)
+    return {
+        **_known_before(event.stream, event.version, event.data, event.metadata, document_json),
+        "updated_at": event.recorded_at,
+        "position": event.position,
+    }
+
+
+def alongside(appending: Sequence[tuple[NewEvent, str]]) -> Alongside | None:
+    """apply_all's rows for events about to be appended (in the batch's order, each with its
+    document as canonical JSON), written in the append's own round trip: their positions and
+    times come from the append's rows (PostgreSQL)."""
+    rows = [
+        (index, _known_before(e.stream, e.expected_version + 1, e.data, e.metadata, document))
+        for index, (e, document) in enumerate(appending, 1)
+        if e.type in HANDLES
+    ]
+    if not rows:
+        return None
+    return Alongside(
+        _UPSERT_ALONGSIDE,
+        ([index for index, _ in rows], *([row[name] for _, row in rows] for name in _KNOWN)),
+    )
+
+
+def _known_before(
+    stream: str,
+    version: int,
+    data: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+    document_json: str,
+) -> dict[str, Any]:
+    """A row's values that do not depend on where the append puts the event."""
+    service, environment = split_stream(stream)
     return {
         "service": service,
         "environment": environment,
-        "version": event.version,
+        "version": version,
         "data": document_json,
-        "deleted": bool(event.data.get("deleted")),
-        "updated_at": event.recorded_at,
-        "updated_by": canonical_json(event.metadata.get("actor") or {}),
-        "position": event.position,
+        "deleted": bool(data.get("deleted")),
+        "updated_by": canonical_json(metadata.get("actor") or {}),
     }
 
 
 _UPDATED = ("version", "data", "deleted", "updated_at", "updated_by", "position")
 _COLUMNS = ("service", "environment", *_UPDATED)
+_KNOWN = ("service", "environment", "version", "data", "deleted", "updated_by")
 # On PostgreSQL the rows go as one array per column, in one statement sent at driver level: a
 # group commit's batch (every write comes here, in the append's transaction) and a rebuild's
 # thousand rows alike skip SQLAlchemy's parameter handling row by row, which was a twentieth of
@@ -161,6 +192,22 @@ _UPSERT_POSTGRES = (
     " %s::timestamptz[], %s::text[], %s::bigint[])"
     " ON CONFLICT (service, environment) DO UPDATE SET "
     + ", ".join(f"{name} = excluded.{name}" for name in _UPDATED)
+)
+
+# The same upsert, beside the append (configsync.events.Alongside): `appended` gives each
+# event's position and time, and an event that was not appended (a stale expected version)
+# writes no row.
+_UPSERT_ALONGSIDE = (
+    f"INSERT INTO config_current ({', '.join(_COLUMNS)})"
+    " SELECT r.service, r.environment, r.version, r.data, r.deleted, a.o_recorded_at,"
+    " r.updated_by, a.o_position"
+    " FROM unnest(%s::integer[], %s::text[], %s::text[], %s::integer[], %s::text[],"
+    " %s::boolean[], %s::text[]) AS r(n, service, environment, version, data, deleted,"
+    " updated_by)"
+    " JOIN appended a ON a.o_index = r.n WHERE a.o_position IS NOT NULL"
+    " ON CONFLICT (service, environment) DO UPDATE SET "
+    + ", ".join(f"{name} = excluded.{name}" for name in _UPDATED)
+    + " RETURNING 1"
 )
 
 

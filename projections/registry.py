@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from configsync.events import StoredEvent, last_position
+from configsync.events import Alongside, NewEvent, StoredEvent, last_position
 from projections import audit, current, merkle, snapshots
 from projections.base import Projection, Status, catch_up, checkpoint, rebuild
 
@@ -25,14 +25,30 @@ class Inline:
     handles: frozenset[str]
     # (session, [(event, the document after it as canonical JSON)]), under the append lock.
     apply_all: Callable[[Session, Sequence[tuple[StoredEvent, str]]], None]
+    # apply_all's writes for events about to be appended, as a statement to run beside the
+    # append (PostgreSQL): [(event, its document as canonical JSON)] in the batch's order.
+    alongside: Callable[[Sequence[tuple[NewEvent, str]]], Alongside | None]
     rebuild: Callable[[Session], int]
     # The last position it reflects; None when that cannot be told (it is never behind).
     position: Callable[[Session], int] | None = None
 
 
 INLINE: tuple[Inline, ...] = (
-    Inline(current.NAME, current.HANDLES, current.apply_all, current.rebuild, current.position),
-    Inline(snapshots.NAME, snapshots.HANDLES, snapshots.apply_all, snapshots.rebuild),
+    Inline(
+        current.NAME,
+        current.HANDLES,
+        current.apply_all,
+        current.alongside,
+        current.rebuild,
+        current.position,
+    ),
+    Inline(
+        snapshots.NAME,
+        snapshots.HANDLES,
+        snapshots.apply_all,
+        snapshots.alongside,
+        snapshots.rebuild,
+    ),
 )
 ASYNCHRONOUS: tuple[Projection, ...] = (audit.AuditProjection(), merkle.MerkleProjection())
 NAMES: tuple[str, ...] = tuple(p.name for p in INLINE) + tuple(p.name for p in ASYNCHRONOUS)
@@ -42,6 +58,12 @@ def apply_inline(session: Session, appended: Sequence[tuple[StoredEvent, str]]) 
     """Apply every inline projection to events just appended, in the append's transaction."""
     for projection in INLINE:
         projection.apply_all(session, appended)
+
+
+def inline_alongside(appending: Sequence[tuple[NewEvent, str]]) -> list[Alongside]:
+    """Every inline projection's writes for events about to be appended, as statements to run in
+    the append's own round trip (PostgreSQL): what apply_inline does after it elsewhere."""
+    return [s for p in INLINE if (s := p.alongside(appending)) is not None]
 
 
 def catch_up_all(

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from configsync.db import Base, upsert
 from configsync.domain.documents import Document, apply_changes
 from configsync.domain.events import CONFIG_CHANGED
-from configsync.events import StoredEvent, iter_rows
+from configsync.events import Alongside, NewEvent, StoredEvent, iter_rows
 from configsync.events.canonical import canonical_json, loads
 
 NAME = "snapshots"
@@ -52,6 +52,30 @@ def apply_all(session: Session, appended: Sequence[tuple[StoredEvent, str]]) -> 
     ]
     if rows:
         _write(session, rows)
+
+
+def alongside(appending: Sequence[tuple[NewEvent, str]]) -> Alongside | None:
+    """apply_all's rows for events about to be appended (in the batch's order, each with its
+    document as canonical JSON), written in the append's own round trip (PostgreSQL)."""
+    rows = [
+        (index, event.stream, event.expected_version + 1, document)
+        for index, (event, document) in enumerate(appending, 1)
+        if event.type in HANDLES and due(event.expected_version + 1)
+    ]
+    if not rows:
+        return None
+    return Alongside(_UPSERT_ALONGSIDE, tuple(list(column) for column in zip(*rows, strict=True)))
+
+
+# _write's upsert beside the append (configsync.events.Alongside): only for events appended.
+_UPSERT_ALONGSIDE = (
+    "INSERT INTO config_snapshots (stream, version, data)"
+    " SELECT r.stream, r.version, r.data"
+    " FROM unnest(%s::integer[], %s::text[], %s::integer[], %s::text[])"
+    " AS r(n, stream, version, data)"
+    " JOIN appended a ON a.o_index = r.n WHERE a.o_position IS NOT NULL"
+    " ON CONFLICT (stream, version) DO UPDATE SET data = excluded.data RETURNING 1"
+)
 
 
 def _write(session: Session, rows: list[dict[str, object]]) -> None:

@@ -363,6 +363,34 @@ def test_a_persons_write_reads_its_caller_and_the_owner_in_its_batch(
     assert pg_api.get("/v1/configs/theirs/prod", headers=stranger).json()["data"] == {"B": 1}
 
 
+def test_a_batch_writes_its_current_rows_and_notices_in_its_append_statement(
+    pg_api: Api, second_process: Api, owner: dict[str, str]
+) -> None:
+    """The append lock is held from the append to the commit: the current projection's rows
+    and the change feed's notices go in the append's own statement (events.Alongside), so a
+    batch makes two statements in all, and both still reach their readers."""
+    from sqlalchemy import event
+
+    pg_api.put(URL, headers=owner, json={"data": {"A": 1}})
+    reader = {"X-API-Key": pg_api.key(owner, "pay")}
+    assert second_process.get(URL, headers=reader).json()["version"] == 1  # cached there
+    engine = pg_api.client.app.state.runtime.group._engine
+    batch: list[str] = []
+    listener = lambda *args: batch.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        assert pg_api.put(URL, headers=owner, json={"data": {"A": 2}}).status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert len(batch) == 2, batch
+    locked, appended = batch
+    assert "configsync_lock_and_read_many" in locked
+    assert "configsync_append_batch" in appended
+    assert "INSERT INTO config_current" in appended and "pg_notify" in appended
+    assert pg_api.get(URL, headers=owner).json()["data"] == {"A": 2}
+    assert eventually(lambda: second_process.get(URL, headers=reader).json()["version"] == 2)
+
+
 def test_a_writing_key_is_looked_up_once_and_its_revocation_still_stops_writes(
     pg_api: Api, second_process: Api, owner: dict[str, str]
 ) -> None:

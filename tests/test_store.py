@@ -6,15 +6,18 @@ import threading
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from configsync.db import make_session_factory
 from configsync.domain.events import CONFIG_CHANGED
 from configsync.errors import InvalidDocument, InvalidInput, VersionConflict
 from configsync.events import (
     GENESIS_HASH,
+    Alongside,
     NewEvent,
+    StoredEvent,
     append,
     append_batch,
     read_after,
@@ -311,3 +314,54 @@ def test_new_events_are_checked_when_made(sessions: sessionmaker[Session]) -> No
         event = append(s, "web/prod", 0, _data(A=1), ACTOR, type="T" * 64)
         s.commit()
     assert event.type == "T" * 64
+
+
+def test_statements_alongside_an_append_run_once_on_the_events_appended(pg: Engine) -> None:
+    """An Alongside statement runs in the append's own round trip, once, and reads the
+    append's rows: an item whose expected version was stale appended nothing and has no
+    position there."""
+    sessions = make_session_factory(pg)
+    _append(sessions, "pay/prod", 0, A=1)
+    seen = Alongside(
+        "INSERT INTO alongside_seen SELECT a.o_index, a.o_position, a.o_hash FROM appended a"
+        " JOIN unnest(%s::integer[]) AS wanted(n) ON wanted.n = a.o_index"
+        " WHERE a.o_position IS NOT NULL RETURNING 1",
+        ([1, 2, 3],),
+    )
+    batch = [
+        NewEvent("web/prod", 0, _data(B=1), ACTOR, type=CONFIG_CHANGED),
+        NewEvent("pay/prod", 0, _data(C=1), ACTOR, type=CONFIG_CHANGED),  # stale
+        NewEvent("web/prod", 1, _data(D=1), ACTOR, type=CONFIG_CHANGED),
+    ]
+    statements: list[str] = []
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    with pg.begin() as conn:
+        conn.execute(text("CREATE TABLE alongside_seen (n integer, position bigint, hash text)"))
+    try:
+        event.listen(pg, "before_cursor_execute", listener)
+        try:
+            with sessions() as s:
+                first, stale, second = append_batch(s, batch, [seen])
+                s.commit()
+        finally:
+            event.remove(pg, "before_cursor_execute", listener)
+        with pg.connect() as conn:
+            rows = conn.execute(text("SELECT n, position, hash FROM alongside_seen ORDER BY n"))
+            seen_rows = [tuple(r) for r in rows]
+    finally:
+        with pg.begin() as conn:
+            conn.execute(text("DROP TABLE alongside_seen"))
+    assert isinstance(stale, VersionConflict)
+    assert isinstance(first, StoredEvent) and isinstance(second, StoredEvent)
+    assert len(statements) == 1 and "alongside_seen" in statements[0], statements
+    assert seen_rows == [(1, first.position, first.hash), (3, second.position, second.hash)]
+
+
+def test_statements_alongside_an_append_need_postgresql(sqlite: Engine) -> None:
+    with make_session_factory(sqlite)() as s, pytest.raises(ValueError, match="PostgreSQL"):
+        append_batch(
+            s,
+            [NewEvent("web/prod", 0, _data(B=1), ACTOR, type=CONFIG_CHANGED)],
+            [Alongside("SELECT 1", ())],
+        )
+    assert scalar(sqlite, "SELECT count(*) FROM events") == 0

@@ -68,6 +68,7 @@ from configsync.errors import (
     VersionConflict,
 )
 from configsync.events import (
+    Alongside,
     NewEvent,
     StoredEvent,
     append,
@@ -78,12 +79,12 @@ from configsync.events import (
 )
 from configsync.events.canonical import canonical_json
 from configsync.events.group import GroupCommit
-from configsync.feed import ConfigMoved, KeysDestroyed, notify
+from configsync.feed import CHANNEL, ConfigMoved, KeysDestroyed, encode, notify
 from configsync.metrics import APPEND_SECONDS, BATCH_SIZE
 from configsync.secrets.models import SecretKeyRow
 from configsync.secrets.vault import Vault
 from projections import current
-from projections.registry import apply_inline
+from projections.registry import apply_inline, inline_alongside
 
 # Called with every event a write appended, once its transaction has committed.
 EventListener = Callable[[StoredEvent], None]
@@ -512,18 +513,25 @@ def record(session: Session, writes: Sequence[ReadyWrite]) -> list[StoredEvent |
         outcomes[index] = error
     _store_keys(session, [w for i, w in enumerate(writes) if outcomes[i] is None])
     waiting = [index for index, outcome in enumerate(outcomes) if outcome is None]
+    events = [writes[i].event for i in waiting]
     # From here to the commit the append lock is held: only the statements that need the
-    # appended events' positions, and nothing that could have been computed before.
+    # appended events' positions, and nothing that could have been computed before. On
+    # PostgreSQL they run in the append's own round trip: the inline projections' writes and
+    # the change feed's notices (whose messages need no position).
+    postgres = session.get_bind().dialect.name == "postgresql"
+    alongside = []
+    if postgres:
+        alongside = inline_alongside([(writes[i].event, writes[i].document_json) for i in waiting])
+        alongside.append(_notices(events))
     appended: list[tuple[StoredEvent, str]] = []
     began = time.perf_counter()
     BATCH_SIZE.observe(len(writes))
-    for index, outcome in zip(
-        waiting, append_batch(session, [writes[i].event for i in waiting]), strict=True
-    ):
+    for index, outcome in zip(waiting, append_batch(session, events, alongside), strict=True):
         outcomes[index] = outcome
         if isinstance(outcome, StoredEvent):
             appended.append((outcome, writes[index].document_json))
-    apply_inline(session, appended)
+    if not postgres:
+        apply_inline(session, appended)
     APPEND_SECONDS.observe(time.perf_counter() - began)
     remember(
         session,
@@ -533,8 +541,23 @@ def record(session: Session, writes: Sequence[ReadyWrite]) -> list[StoredEvent |
             if isinstance(outcome, StoredEvent) and (key := write.idempotency) is not None
         ],
     )
-    notify(session, [_moved(event) for event, _ in appended])
     return [outcome for outcome in outcomes if outcome is not None]
+
+
+# feed.notify's messages for a batch's events, sent beside their append (one per event
+# appended; pg_notify is transactional, as feed.notify says).
+_NOTIFY_APPENDED = (
+    "SELECT pg_notify(%s, m.payload) FROM unnest(%s::text[]) WITH ORDINALITY AS m(payload, n)"
+    " JOIN appended a ON a.o_index = m.n WHERE a.o_position IS NOT NULL"
+)
+
+
+def _notices(events: Sequence[NewEvent]) -> Alongside:
+    payloads = []
+    for event in events:
+        service, environment = split_stream(event.stream)
+        payloads.append(encode(ConfigMoved(service, environment, event.expected_version + 1)))
+    return Alongside(_NOTIFY_APPENDED, (CHANNEL, payloads))
 
 
 def _create_services(session: Session, writes: Sequence[ReadyWrite]) -> dict[int, Exception]:
@@ -579,11 +602,6 @@ def _store_keys(session: Session, writes: Sequence[ReadyWrite]) -> None:
     rows = [row for write in writes for row in write.keys]
     if rows:
         session.execute(insert(SecretKeyRow), rows)
-
-
-def _moved(event: StoredEvent) -> ConfigMoved:
-    service, environment = split_stream(event.stream)
-    return ConfigMoved(service, environment, event.version)
 
 
 def _bind(listener: EventListener, event: StoredEvent) -> Callable[[], None]:

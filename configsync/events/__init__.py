@@ -2,6 +2,7 @@
 
 from configsync.events.store import (
     GENESIS_HASH,
+    Alongside,
     ChainReport,
     NewEvent,
     StoredEvent,
@@ -22,6 +23,7 @@ from configsync.events.store import (
 
 __all__ = [
     "GENESIS_HASH",
+    "Alongside",
     "ChainReport",
     "NewEvent",
     "StoredEvent",

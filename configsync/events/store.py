@@ -215,19 +215,41 @@ def append(
     return outcome
 
 
+@dataclass(frozen=True, slots=True)
+class Alongside:
+    """A statement that PostgreSQL runs in the append's own round trip, once the events are in.
+
+    `sql` is the body of a common table expression that may read `appended`, the append's
+    rows: `o_index` (the event's place in the batch, from 1), `o_position` (NULL for an event
+    whose expected version was stale, which appended nothing), `o_recorded_at`, `o_prev_hash`,
+    `o_hash`. It must return rows (a SELECT, or an INSERT ... RETURNING): the statement counts
+    them, which runs it exactly once. `params` are its `%s` parameters, in order.
+
+    Why: the append lock is held from the append to the commit, so every round trip after the
+    append (the inline projections' writes, the change feed's notices) is time in which no other
+    writer can append. Run alongside, they cost none.
+    """
+
+    sql: str
+    params: tuple[Any, ...]
+
+
 def append_batch(
-    session: Session, events: Sequence[NewEvent]
+    session: Session, events: Sequence[NewEvent], alongside: Sequence[Alongside] = ()
 ) -> list[StoredEvent | VersionConflict]:
     """Append several events in the caller's transaction, in order, under one lock.
 
     Each is checked against its own expected version: one that is stale comes back as its
     VersionConflict (and appends nothing) while the others are appended. An event may expect a
-    version that an earlier one of the same batch creates.
+    version that an earlier one of the same batch creates. `alongside`: statements to run in the
+    same round trip (PostgreSQL only).
     """
     if not events:
         return []
     if session.get_bind().dialect.name == "postgresql":
-        rows = _append_postgres(session, events)
+        rows = _append_postgres(session, events, alongside)
+    elif alongside:
+        raise ValueError("statements alongside an append need PostgreSQL")
     else:
         rows = [_append_python(session, event) for event in events]
     outcomes: list[StoredEvent | VersionConflict] = []
@@ -261,27 +283,33 @@ _AppendResult = tuple[int, datetime, str, str] | int
 _APPEND_SQL = "SELECT * FROM configsync_append_batch(%s, %s, %s, %s, %s, %s, %s)"
 
 
-def _append_postgres(session: Session, events: Sequence[NewEvent]) -> list[_AppendResult]:
+def _append_postgres(
+    session: Session, events: Sequence[NewEvent], alongside: Sequence[Alongside]
+) -> list[_AppendResult]:
     # One round trip: configsync_append_batch (migration 0004) takes the append lock and, for
     # each event, checks the version, links and hashes exactly as _append_python does, and
-    # inserts. The lock is held from there to commit, so the fewer round trips under it, the
-    # more appends per second.
-    rows = (
-        session.connection()
-        .exec_driver_sql(
-            _APPEND_SQL,
-            (
-                APPEND_LOCK_KEY,
-                [e.stream for e in events],
-                [e.expected_version for e in events],
-                [e.event_id for e in events],
-                [e.type for e in events],
-                [e.data_json for e in events],
-                [e.metadata_json for e in events],
-            ),
-        )
-        .all()
+    # inserts; then the statements alongside it. The lock is held from there to commit, so the
+    # fewer round trips under it, the more appends per second.
+    params: tuple[Any, ...] = (
+        APPEND_LOCK_KEY,
+        [e.stream for e in events],
+        [e.expected_version for e in events],
+        [e.event_id for e in events],
+        [e.type for e in events],
+        [e.data_json for e in events],
+        [e.metadata_json for e in events],
     )
+    sql = _APPEND_SQL
+    if alongside:
+        # MATERIALIZED: the function runs once, whatever reads its rows.
+        named = [f"alongside_{i} AS ({a.sql})" for i, a in enumerate(alongside)]
+        counted = [f"(SELECT count(*) FROM alongside_{i})" for i in range(len(alongside))]
+        sql = (
+            f"WITH appended AS MATERIALIZED ({_APPEND_SQL}), {', '.join(named)}"
+            f" SELECT appended.*, {', '.join(counted)} FROM appended"
+        )
+        params += tuple(p for a in alongside for p in a.params)
+    rows = session.connection().exec_driver_sql(sql, params).all()
     results: list[_AppendResult] = []
     for row in sorted(rows, key=lambda r: r.o_index):
         if row.o_position is None:
