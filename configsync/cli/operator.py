@@ -41,6 +41,7 @@ def serve(
     import uvicorn
 
     from configsync import logs
+    from configsync.serving import CoalescingHttpToolsProtocol
     from configsync.settings import get_settings
 
     settings = get_settings()  # fail here, with the message, rather than in every worker
@@ -56,7 +57,7 @@ def serve(
         reload=reload,
         workers=None if reload else workers,
         loop="uvloop",
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,  # httptools, a response sent in one write
         log_level=settings.log_level.lower(),
         log_config=None,  # configsync.logs: JSON lines, and its own request log
         access_log=False,
