@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from configsync.serving import FLUSH_AT, CoalescingTransport
+from configsync.serving import MAX_WAITING, CoalescingTransport
 from tests.conftest import clean_env, running_server
 
 
@@ -59,6 +59,26 @@ def test_writes_in_one_turn_go_out_together_at_its_end() -> None:
     assert after_second == [*after_first, ("write", b"next")]
 
 
+def test_many_connections_writing_in_one_turn_do_not_wait_for_its_end() -> None:
+    """Ten thousand long polls woken in one turn: answers go out a few dozen at a time as they
+    are made, not all at the turn's end."""
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        loop = asyncio.get_running_loop()
+        inners = [Recording() for _ in range(MAX_WAITING + 1)]
+        transports = [CoalescingTransport(inner, loop) for inner in inners]
+        for transport in transports:
+            transport.write(b"head")
+            transport.write(b"body")
+        during = [len(inner.calls) for inner in inners]
+        await asyncio.sleep(0)
+        return during, [len(inner.calls) for inner in inners]
+
+    during, after = asyncio.run(scenario())
+    assert during == [1] * MAX_WAITING + [0]  # the first batch went out within the turn
+    assert after == [1] * (MAX_WAITING + 1)
+
+
 def test_a_close_sends_what_waits_first_and_an_abort_drops_it() -> None:
     async def scenario() -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
         loop = asyncio.get_running_loop()
@@ -76,26 +96,20 @@ def test_a_close_sends_what_waits_first_and_an_abort_drops_it() -> None:
     assert aborted == [("abort", b"")]
 
 
-def test_a_long_body_goes_out_once_enough_waits_and_the_rest_is_the_transports() -> None:
-    async def scenario() -> tuple[list[int], list[int], bool, int]:
+def test_a_stream_of_writes_goes_out_whole_and_in_order() -> None:
+    async def scenario() -> tuple[list[bytes], bool, int]:
         inner = Recording()
         transport = CoalescingTransport(inner, asyncio.get_running_loop())
-        chunk = b"x" * (FLUSH_AT // 4)
-        for _ in range(4):
-            transport.write(chunk)
-        sent_at_once = [len(data) for _, data in inner.calls]
-        transport.write(b"tail")
+        for n in range(7):
+            transport.write(b"%d," % n)
+            if n == 3:
+                await asyncio.sleep(0)  # a turn ends mid-stream
         await asyncio.sleep(0)
-        return (
-            sent_at_once,
-            [len(data) for _, data in inner.calls],
-            transport.is_closing(),
-            transport.get_write_buffer_size(),
-        )
+        sent = [data for _, data in inner.calls]
+        return sent, transport.is_closing(), transport.get_write_buffer_size()
 
-    at_once, in_all, closing, buffered = asyncio.run(scenario())
-    assert at_once == [FLUSH_AT]
-    assert in_all == [FLUSH_AT, 4]
+    sent, closing, buffered = asyncio.run(scenario())
+    assert sent == [b"0,1,2,3,", b"4,5,6,"]  # one write a turn
     assert closing is False and buffered == 7  # the rest is asked of the transport itself
 
 
@@ -123,10 +137,10 @@ def _exchange(url: str, requests: list[bytes]) -> bytes:
 
 def test_a_served_connection_answers_request_after_request_whole(tmp_path: Path) -> None:
     """`configsync serve` (the coalescing protocol): kept-alive requests are each answered
-    in full and in order, and a body far past the flush size arrives intact."""
+    in full and in order, and a large body arrives intact."""
     with running_server(tmp_path, clean_env()) as url:
         spec = httpx.get(url + "/openapi.json")
-        assert len(spec.content) > FLUSH_AT  # a body that is sent in more than one write
+        assert len(spec.content) > 64 * 1024
         get = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
         big = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
         raw = _exchange(url, [get, big, get])
