@@ -354,11 +354,12 @@ def test_a_persons_write_reads_its_caller_and_the_owner_in_its_batch(
     assert refused.status_code == 404, refused.text
     assert requests == []
     # One batch each (one request at a time): one statement reads its holder and owner, and it
-    # is the one that locks and reads the config (no round trip of its own).
-    holders = [s for s in batches if "unnest(CAST(%(users)s" in s]
+    # is the one that locks and reads the config (no round trip of its own): migration 0017's
+    # function, given the writers' accounts with the configs' names.
+    holders = [s for s in batches if "configsync_authorize_lock_and_read(" in s]
     assert len(holders) == 3, batches
-    assert all("configsync_lock_and_read_many" in s for s in holders), holders
-    assert sum("configsync_lock_and_read_many" in s for s in batches) == 3, batches
+    assert all("%(users)s, %(jtis)s" in s for s in holders), holders
+    assert not [s for s in batches if "users" in s and s not in holders], batches
     assert pg_api.get(URL, headers=owner).json()["data"] == {"A": 2}
     assert pg_api.get("/v1/configs/theirs/prod", headers=stranger).json()["data"] == {"B": 1}
 
@@ -384,7 +385,7 @@ def test_a_batch_writes_its_current_rows_and_notices_in_its_append_statement(
         event.remove(engine, "before_cursor_execute", listener)
     assert len(batch) == 2, batch
     locked, appended = batch
-    assert "configsync_lock_and_read_many" in locked
+    assert "configsync_authorize_lock_and_read(" in locked
     assert "configsync_append_batch" in appended
     assert "INSERT INTO config_current" in appended and "pg_notify" in appended
     assert pg_api.get(URL, headers=owner).json()["data"] == {"A": 2}

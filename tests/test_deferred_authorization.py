@@ -189,7 +189,9 @@ def test_a_batch_reads_every_writes_holder_and_owner_in_one_statement(pg_api: Ap
             session.commit()
     finally:
         event.remove(runtime.engine, "before_cursor_execute", listener)
-    assert sum("unnest(CAST(%(users)s" in s for s in statements) == 1, statements
+    # Every writer's account and owner, with the locks and states: migration 0017's function.
+    assert sum("configsync_authorize_lock_and_read(" in s for s in statements) == 1, statements
+    assert sum("users" in s for s in statements) == 1, statements
     kinds = [type(o).__name__ for o in outcomes]
     assert kinds[0] == kinds[3] == "WriteResult", outcomes
     assert isinstance(outcomes[1], NotFound) and isinstance(outcomes[5], NotFound)
@@ -251,7 +253,7 @@ def test_a_service_made_while_its_batch_waits_for_the_lock_is_authorized_as_it_i
     group = api.app.state.write_path.group
     waiting = (
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-        " AND query LIKE '%configsync_lock_and_read_many%'"
+        " AND query LIKE '%_lock_and_read%'"  # either path's statement that takes the locks
     )
     with pg.connect() as holder, ThreadPoolExecutor(1) as pool:
         holder.execute(

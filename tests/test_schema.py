@@ -67,3 +67,29 @@ def test_documents_are_compressed_with_lz4_on_postgresql(pg: Engine) -> None:
     assert methods == [("config_current", "l"), ("events", "l")]
     assert stored[0] == "lz4"
     assert json.loads(stored[1]) == document
+
+
+def test_the_write_paths_functions_keep_generic_plans_on_postgresql(pg: Engine) -> None:
+    """Migration 0017: the functions every config write calls plan their statements once per
+    connection (left to choose, PostgreSQL planned them anew at every call), and the batch's
+    accounts and owners are read by a function of their own."""
+    from sqlalchemy import text
+
+    with pg.connect() as conn:
+        settings = dict(
+            conn.execute(
+                text(
+                    "SELECT proname, array_to_string(proconfig, ',') FROM pg_proc WHERE proname"
+                    " IN ('configsync_append_batch', 'configsync_lock_and_read_many',"
+                    " 'configsync_authorize_lock_and_read')"
+                )
+            ).all()
+        )
+    assert settings == dict.fromkeys(
+        (
+            "configsync_append_batch",
+            "configsync_lock_and_read_many",
+            "configsync_authorize_lock_and_read",
+        ),
+        "plan_cache_mode=force_generic_plan",
+    )

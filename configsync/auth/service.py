@@ -160,28 +160,13 @@ def token_holder(claims: Any, row: Any) -> TokenHolder:
     return TokenHolder(claims.user_id, row.email, row.role)
 
 
-# For many writes at once (configsync.configs.deferred, PostgreSQL): each asked (user, jti,
-# service) gives one row, in order (`x.n`); the account's columns are NULL when no user was
-# asked or there is no such account, the service's when there is no such service. Each lookup
-# is by key (LATERAL ... LIMIT 1: index scans whatever the tables' statistics, as migration
-# 0014's). The batch reads them beside its configs' states, in one statement (deferred).
-HOLDERS_COLUMNS = (
-    "u.email, u.role, u.is_active, u.token_generation,"
-    " EXISTS (SELECT 1 FROM revoked_tokens AS r WHERE r.jti = x.jti) AS revoked,"
-    " s.name AS service_name, s.owner_id"
-)
-HOLDERS_FROM = (
-    "unnest(CAST(:users AS text[]), CAST(:jtis AS text[]), CAST(:services AS text[]))"
-    " WITH ORDINALITY AS x(user_id, jti, service, n)"
-    " LEFT JOIN LATERAL (SELECT email, role, is_active, token_generation FROM users"
-    " WHERE id = x.user_id LIMIT 1) AS u ON true"
-    " LEFT JOIN LATERAL (SELECT name, owner_id FROM services"
-    " WHERE name = x.service LIMIT 1) AS s ON true"
-)
-
-
+# For many writes at once (configsync.configs.deferred, PostgreSQL): migration 0017's function
+# reads, for each asked (user, jti, service), the account (NULL when no user was asked or there
+# is no such account) and the service's owner (NULL when there is no such service), each by key,
+# beside the batch's configs' states.
 def holders_params(asked: Sequence[tuple[str | None, str | None, str]]) -> dict[str, Any]:
-    """The parameters of HOLDERS_FROM for each (user id or None, token id or None, service)."""
+    """The holders' parameters of configsync_authorize_lock_and_read (migration 0017) for each
+    (user id or None, token id or None, service)."""
     users, jtis, services = (list(column) for column in zip(*asked, strict=True))
     return {"users": users, "jtis": jtis, "services": services}
 

@@ -37,7 +37,6 @@ from configsync.configs.commands import (
     streams_busy,
 )
 from configsync.configs.queries import (
-    LOCK_AND_READ_CALL,
     LOCK_AND_READ_COLUMNS,
     lock_params,
     write_state,
@@ -106,15 +105,17 @@ def authorize_and_record(
 
 # configsync.configs.queries's lock_and_read and configsync.auth.service's holders, in one
 # round trip: a batch's statements were five before its commit, each a round trip and each
-# ~a tenth of the batch's CPU in the API. The locks are taken (and the states read after them,
-# in the function's own snapshot) for the refused writes too, which changes nothing they see.
-# The accounts and owners are read in the statement's snapshot, taken before the locks, as
-# when they had a statement of their own before lock_and_read. MATERIALIZED: the function runs
-# once, whatever plan the join gets.
+# ~a tenth of the batch's CPU in the API. Migration 0017's function, whose plan the connection
+# keeps (as text, the statement was parsed and planned for every batch). The locks are taken
+# (and the states read after them) for the refused writes too, which changes nothing they see.
+# The accounts and owners are read in the query's snapshot, taken before the locks, as when
+# they had a statement of their own before lock_and_read.
 _AUTHORIZE_LOCK_AND_READ = text(
-    f"WITH l AS MATERIALIZED (SELECT * FROM {LOCK_AND_READ_CALL} WITH ORDINALITY)"
-    f" SELECT {LOCK_AND_READ_COLUMNS}, {service.HOLDERS_COLUMNS}"
-    f" FROM l JOIN ({service.HOLDERS_FROM}) ON x.n = l.ordinality ORDER BY l.ordinality"
+    f"SELECT {LOCK_AND_READ_COLUMNS}, o_email AS email, o_role AS role,"
+    " o_is_active AS is_active, o_token_generation AS token_generation, o_revoked AS revoked,"
+    " o_service_name AS service_name, o_owner_id AS owner_id"
+    " FROM configsync_authorize_lock_and_read(:namespace, :streams, :services, :environments,"
+    " :users, :jtis)"
 ).columns(updated_at=UTCDateTime())
 
 

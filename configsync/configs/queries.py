@@ -458,8 +458,10 @@ LOCK_AND_READ_COLUMNS = (
     " o_updated_by AS updated_by, o_position AS position,"
     " o_service_exists AS service_exists, o_secret_paths AS secret_paths"
 )
-LOCK_AND_READ_CALL = "configsync_lock_and_read_many(:namespace, :streams, :services, :environments)"
-_LOCK_AND_READ = text(f"SELECT {LOCK_AND_READ_COLUMNS} FROM {LOCK_AND_READ_CALL}").columns(
+_LOCK_AND_READ_CALL = (
+    "configsync_lock_and_read_many(:namespace, :streams, :services, :environments)"
+)
+_LOCK_AND_READ = text(f"SELECT {LOCK_AND_READ_COLUMNS} FROM {_LOCK_AND_READ_CALL}").columns(
     updated_at=UTCDateTime()
 )
 
@@ -490,7 +492,7 @@ def lock_and_read(session: Session, configs: list[tuple[str, str]]) -> list[Writ
 
 
 def lock_params(configs: list[tuple[str, str]]) -> dict[str, Any]:
-    """The parameters of LOCK_AND_READ_CALL for `configs`."""
+    """The parameters of _LOCK_AND_READ_CALL for `configs`."""
     return {
         "namespace": STREAM_LOCK_NAMESPACE,
         "streams": [stream_name(service, environment) for service, environment in configs],
