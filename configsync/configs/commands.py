@@ -519,7 +519,7 @@ def record(session: Session, writes: Sequence[ReadyWrite]) -> list[StoredEvent |
     # PostgreSQL they run in the append's own round trip: the inline projections' writes and
     # the change feed's notices (whose messages need no position).
     postgres = session.get_bind().dialect.name == "postgresql"
-    alongside = []
+    alongside: list[Alongside] = []
     if postgres:
         alongside = inline_alongside([(writes[i].event, writes[i].document_json) for i in waiting])
         alongside.append(_notices(events))
