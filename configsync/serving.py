@@ -33,14 +33,18 @@ class _EndOfTurn:
     """An event loop's connections with writes waiting, sent at the end of the current turn."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        # Weak: this is the value of `_turns`, whose key the loop is (a strong reference here
+        # would keep every loop that ever served a connection, and its entry, alive).
+        self._loop = weakref.ref(loop)
         self._waiting: list[CoalescingTransport] = []
 
     def add(self, transport: CoalescingTransport) -> None:
         if len(self._waiting) >= MAX_WAITING:
             self.send()  # those before it (whose answers are whole by now) go out
         if not self._waiting:
-            self._loop.call_soon(self.send)
+            loop = self._loop()
+            assert loop is not None  # a transport's loop outlives its writes
+            loop.call_soon(self.send)
         self._waiting.append(transport)
 
     def send(self) -> None:

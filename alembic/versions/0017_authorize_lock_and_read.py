@@ -36,7 +36,7 @@ KEPT_PLANS = (
 # text besides). PL/pgSQL keeps the plan of its RETURN QUERY for the connection's life. The
 # statement is the same: the accounts and owners are read in the query's snapshot, taken before
 # the locks; the states after them (0013's rule); rows in the batch's order.
-POSTGRES_AUTHORIZE_LOCK_AND_READ_FUNCTION = """
+POSTGRES_AUTHORIZE_LOCK_AND_READ_FUNCTION = f"""
 CREATE FUNCTION configsync_authorize_lock_and_read(
     p_namespace integer, p_streams text[], p_services text[], p_environments text[],
     p_users text[], p_jtis text[]
@@ -46,7 +46,7 @@ CREATE FUNCTION configsync_authorize_lock_and_read(
     o_service_exists boolean, o_secret_paths text,
     o_email text, o_role text, o_is_active boolean, o_token_generation integer,
     o_revoked boolean, o_service_name text, o_owner_id text
-) LANGUAGE plpgsql VOLATILE SET plan_cache_mode = force_generic_plan AS $$
+) LANGUAGE plpgsql VOLATILE {GENERIC} AS $$
 BEGIN
     RETURN QUERY
         WITH l AS MATERIALIZED (
