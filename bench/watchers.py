@@ -5,10 +5,17 @@ Starts `configsync serve` (one process, PostgreSQL), opens N long polls of one c
 (`If-None-Match` + `?wait=`), each on its own connection, then measures over an idle period the
 server's CPU and the database's transactions, then writes once and times every poll's answer.
 Prints: idle CPU (% of a core), database transactions/s while idle, wake latency p50/p99/max,
-answers and dropped connections, resident memory per watcher. Then the baseline, in the same
-run: the trivial FastAPI app (bench/trivial_app.py, one uvicorn process with the same settings)
-holding as many requests on an asyncio.Event and answering them all with the same document when
-it is set; the ratio of the two p99s says how far ConfigSync is from what uvicorn itself costs.
+answers and dropped connections, resident memory per watcher. Then two baselines, in the same
+run and with the same client: the trivial FastAPI app (bench/trivial_app.py, one uvicorn
+process with the same settings) holding as many requests on an asyncio.Event and answering them
+all with the same document when it is set, which says how far ConfigSync is from what uvicorn
+itself costs; and the floor (bench/bare_server.py: bare uvloop writing ready bytes to every held
+connection), which says what this machine's kernel and the measuring client cost whatever the
+server.
+
+The client is one uvloop process with a protocol per connection (a stream and a task each cost
+it about three times as much, and it timed itself); the write is prepared before the clock
+starts.
 
 Usage: python -m bench.watchers [--watchers 1000] [--idle 10]
 """
@@ -20,14 +27,17 @@ import asyncio
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import httpx
+import uvloop
 from sqlalchemy import text
 
 from bench._common import MASTER_KEY, fresh_database, percentile
@@ -37,6 +47,7 @@ from configsync.db import make_engine
 
 PORT = 18761
 TRIVIAL_PORT = 18762
+BARE_PORT = 18763
 
 
 def _cpu_seconds(group: int) -> float:
@@ -86,21 +97,36 @@ class ServerStatements:
         self._conn.close()
 
 
-async def _poll(
-    port: int, request: bytes, answered: list[float], dropped: list[str], ready: list[int]
-) -> None:
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(request)
-        await writer.drain()
-        ready.append(1)
-        status = await reader.readline()
-        answered.append(time.monotonic())
-        if b" 200 " not in status:
-            dropped.append(status.decode(errors="replace").strip())
-        writer.close()
-    except OSError as exc:
-        dropped.append(repr(exc))
+class _Watcher(asyncio.Protocol):
+    """One held request on its own connection. A protocol, not a stream and a task: the client
+    must cost far less per answer than the server, or the bench times itself."""
+
+    def __init__(self, request: bytes, held: Held) -> None:
+        self._request = request
+        self._held = held
+        self._transport: asyncio.Transport | None = None
+        self._answered = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._transport.write(self._request)
+        self._held.ready += 1
+
+    def data_received(self, data: bytes) -> None:
+        if self._answered:
+            return
+        self._answered = True
+        self._held.answered.append(time.monotonic())
+        if not data.startswith(b"HTTP/1.1 200 "):
+            self._held.dropped.append(data.partition(b"\r\n")[0].decode(errors="replace"))
+        assert self._transport is not None
+        self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._answered:
+            self._answered = True
+            self._held.dropped.append(f"closed before an answer: {exc!r}")
+        self._held.settled()
 
 
 class Held:
@@ -109,30 +135,51 @@ class Held:
     def __init__(self, port: int, request: bytes, count: int) -> None:
         self.answered: list[float] = []
         self.dropped: list[str] = []
-        self.ready: list[int] = []
+        self.ready = 0
         self.count = count
-        self.tasks: list[asyncio.Task[None]] = []
-        self._args = (port, request, self.answered, self.dropped, self.ready)
+        self._port = port
+        self._request = request
+        self._closed = 0
+        self._all_closed: asyncio.Event | None = None
+
+    def settled(self) -> None:
+        self._closed += 1
+        if self._closed == self.count and self._all_closed is not None:
+            self._all_closed.set()
 
     async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._all_closed = asyncio.Event()
         for i in range(self.count):
-            self.tasks.append(asyncio.create_task(_poll(*self._args)))
+            try:
+                await loop.create_connection(
+                    lambda: _Watcher(self._request, self), "127.0.0.1", self._port
+                )
+            except OSError as exc:
+                self.dropped.append(repr(exc))
+                self.settled()
             if i % 200 == 199:
                 await asyncio.sleep(0.05)  # do not flood the accept queue
-        while len(self.ready) + len(self.dropped) < self.count:
-            await asyncio.sleep(0.1)
         await asyncio.sleep(3)  # every request reached its wait
 
     async def woken_by(self, trigger: Callable[[], object]) -> list[float]:
-        """Latencies (ms) of every answer after `trigger` runs (in a thread)."""
+        """Latencies (ms) of every answer after `trigger` runs (in a thread; prepared before,
+        so that only the write and the answers are timed)."""
+        assert self._all_closed is not None
         began = time.monotonic()
         await asyncio.to_thread(trigger)
-        await asyncio.wait_for(asyncio.gather(*self.tasks), 120)
+        try:
+            await asyncio.wait_for(self._all_closed.wait(), 120)
+        except TimeoutError:
+            raise SystemExit(
+                f"{self.count - len(self.answered)} of {self.count} requests unanswered "
+                f"after 120 s ({self._closed} connections closed)"
+            ) from None
         return [(t - began) * 1000 for t in self.answered]
 
     def report(self, latencies: list[float]) -> str:
         return (
-            f"{len(latencies) - len(self.dropped)} answered 200, {len(self.dropped)} not; "
+            f"{self.count - len(self.dropped)} answered 200, {len(self.dropped)} not; "
             f"p50 {percentile(latencies, 50):.0f} ms, p99 {percentile(latencies, 99):.0f} ms, "
             f"max {max(latencies):.0f} ms"
             + (f"; first problems: {self.dropped[:3]}" if self.dropped else "")
@@ -165,7 +212,7 @@ async def _ours(args: argparse.Namespace, url: str, server: int, key: str) -> li
         "(polled every 0.2 s)"
     )
     print(f"  resident memory per watcher: {(rss_after - rss_before) * 1024 / args.watchers:.0f} B")
-    latencies = await held.woken_by(lambda: _write(url))
+    latencies = await held.woken_by(_Writer(url))
     print(f"  after a write: {held.report(latencies)}")
     return latencies
 
@@ -174,27 +221,62 @@ async def _trivial(args: argparse.Namespace) -> list[float]:
     request = b"GET /held HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     held = Held(TRIVIAL_PORT, request, args.watchers)
     await held.open()
-    latencies = await held.woken_by(
-        lambda: httpx.post(f"http://127.0.0.1:{TRIVIAL_PORT}/release", timeout=60)
-    )
+    with httpx.Client(base_url=f"http://127.0.0.1:{TRIVIAL_PORT}", timeout=60) as client:
+        latencies = await held.woken_by(lambda: client.post("/release"))
     print(f"the trivial app (one process) answering {args.watchers} held requests at once")
     print(f"  after the release: {held.report(latencies)}")
     return latencies
 
 
-def _write(url: str) -> None:
-    """A write the way another API process makes one: through the store, with its NOTIFY."""
-    from configsync.configs import commands
-    from configsync.configs.commands import WriteContext
-    from configsync.db import make_session_factory, unit_of_work
-    from configsync.domain.actor import SYSTEM
-    from configsync.secrets.crypto import MasterKeys
-    from configsync.secrets.vault import Vault
+async def _bare(args: argparse.Namespace) -> list[float]:
+    held = Held(BARE_PORT, b"GET /held HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", args.watchers)
+    await held.open()
+    with socket.create_connection(("127.0.0.1", BARE_PORT)) as release:
+        latencies = await held.woken_by(lambda: release.sendall(b"POST / HTTP/1.1\r\n\r\n"))
+    print(f"the floor: bare uvloop (bench/bare_server.py) writing {args.watchers} ready answers")
+    print(f"  after the release: {held.report(latencies)}")
+    return latencies
 
-    factory = make_session_factory(make_engine(url))
-    ctx = WriteContext(actor=SYSTEM, vault=Vault(MasterKeys.parse(MASTER_KEY)))
-    with unit_of_work(factory) as session:
-        commands.patch(session, "bench", "prod", {"WOKEN": True}, ctx)
+
+class _Writer:
+    """A write the way another API process makes one: through the store, with its NOTIFY.
+    Imports, engine and connection are made before the clock starts: only the write is timed."""
+
+    def __init__(self, url: str) -> None:
+        from configsync.configs import commands
+        from configsync.configs.commands import WriteContext
+        from configsync.db import make_session_factory, unit_of_work
+        from configsync.domain.actor import SYSTEM
+        from configsync.secrets.crypto import MasterKeys
+        from configsync.secrets.vault import Vault
+
+        self._patch, self._unit_of_work = commands.patch, unit_of_work
+        self._factory = make_session_factory(make_engine(url))
+        self._ctx = WriteContext(actor=SYSTEM, vault=Vault(MasterKeys.parse(MASTER_KEY)))
+        with unit_of_work(self._factory) as session:
+            session.execute(text("SELECT 1"))  # the pool's connection, opened now
+
+    def __call__(self) -> None:
+        with self._unit_of_work(self._factory) as session:
+            self._patch(session, "bench", "prod", {"WOKEN": True}, self._ctx)
+
+
+def _start(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    """A server that answers no request until released: ready when its port accepts."""
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"server on port {port} did not start")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=30)
 
 
 def main() -> None:
@@ -217,23 +299,33 @@ def main() -> None:
             answer = httpx.get(
                 f"http://127.0.0.1:{PORT}/v1/configs/bench/prod", headers={"X-API-Key": key}
             )
-            ours = asyncio.run(_ours(args, url, server.pid, key))
+            ours = uvloop.run(_ours(args, url, server.pid, key))
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+            _stop(server)
         body = Path(tmp) / "body.json"
         body.write_bytes(answer.content)
         one_worker = [*TRIVIAL_UVICORN, "--port", str(TRIVIAL_PORT), "bench.trivial_app:app"]
         one_worker[one_worker.index("--workers") + 1] = "1"
         trivial = serve(one_worker, {**env, "CONFIGSYNC_BENCH_BODY": str(body)}, TRIVIAL_PORT)
         try:
-            baseline = asyncio.run(_trivial(args))
+            baseline = uvloop.run(_trivial(args))
         finally:
-            os.killpg(trivial.pid, signal.SIGTERM)
-            trivial.wait(timeout=30)
-    ratio = percentile(ours, 99) / percentile(baseline, 99)
+            _stop(trivial)
+        bare = _start(
+            [sys.executable, "-m", "bench.bare_server", str(BARE_PORT), str(body)], env, BARE_PORT
+        )
+        try:
+            floor = uvloop.run(_bare(args))
+        finally:
+            _stop(bare)
+    p99 = percentile(ours, 99)
     print(
-        f"wake p99, ConfigSync / the trivial app: {ratio:.2f} (1.0: as fast as uvicorn can answer)"
+        f"wake p99, ConfigSync / the trivial app: {p99 / percentile(baseline, 99):.2f} "
+        "(1.0: as fast as uvicorn can answer)"
+    )
+    print(
+        f"wake p99, ConfigSync / the floor: {p99 / percentile(floor, 99):.2f} "
+        "(1.0: as fast as this machine delivers ready bytes to as many sockets)"
     )
 
 
