@@ -325,3 +325,69 @@ def test_the_registry_wakes_its_waiters_from_another_thread_in_one_loop_callback
         assert not waiters._waiting
 
     asyncio.run(run())
+
+
+def test_a_wake_pauses_the_garbage_collector_until_its_answers_are_sent() -> None:
+    """Answering thousands of woken long polls at once set off full collections that walked
+    every request still waiting (a 383 ms pause in the middle of a wake of 10,000). The woken
+    requests step to their answers, and the end of the turn sends the last of them, with the
+    collector paused; it runs again after that, and a collector paused by someone else stays
+    paused."""
+    import asyncio
+    import gc
+
+    from configsync.configs.waiters import Waiters
+    from configsync.serving import CoalescingTransport
+
+    class Sink:
+        """A transport that records whether the collector ran when each write went out."""
+
+        def __init__(self, sent: list[bool]) -> None:
+            self.sent = sent
+
+        def write(self, _data: bytes) -> None:
+            self.sent.append(gc.isenabled())
+
+    waiters = Waiters()
+    key = ("pay", "prod")
+
+    async def answer(watch: Any, transport: CoalescingTransport, stepped: list[bool]) -> None:
+        assert await watch.wait(30) is True
+        stepped.append(gc.isenabled())
+        transport.write(b"head")  # as uvicorn writes a response: sent at the end of the turn
+        transport.write(b"body")
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        sent: list[bool] = []
+        stepped: list[bool] = []
+        transports = [CoalescingTransport(Sink(sent), loop) for _ in range(100)]  # type: ignore[arg-type]
+        watches = [waiters.watch(key).__enter__() for _ in transports]
+        answers = asyncio.gather(
+            *(answer(w, t, stepped) for w, t in zip(watches, transports, strict=True))
+        )
+        await asyncio.sleep(0)
+        assert gc.isenabled()
+        await asyncio.to_thread(waiters.wake, key)
+        await asyncio.wait_for(answers, 10)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert stepped == [False] * 100
+        assert len(sent) == 100 and not any(sent)  # the last ones too, at the turn's end
+        assert gc.isenabled()
+        # Paused by another hand: a wake does not resume it.
+        gc.disable()
+        try:
+            again = asyncio.gather(*(w.wait(30) for w in watches))
+            await asyncio.sleep(0)
+            await asyncio.to_thread(waiters.wake, key)
+            await asyncio.wait_for(again, 10)
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+        for watch in watches:
+            watch.__exit__(None, None, None)
+
+    asyncio.run(run())
