@@ -102,10 +102,12 @@ def _set_many(watches: list[Watch], found: Any = None) -> None:
 
     Each long poll holds a few dozen tracked objects (its coroutines, frames, scope, protocol);
     answering 10,000 of them allocates enough to set off full collections that walk all the
-    others still waiting: 40% of the server's CPU during such a wake, a single pause of 383 ms
-    in the middle of it (perf and gc.callbacks, 2026-12-03). Their objects are freed by
-    reference counting as they answer; nothing cyclic is lost, only looked for once the wake
-    is over."""
+    others still waiting: 40% of the server's CPU in the seconds around such a wake, a single
+    pause of 383 ms in the middle of it (perf and gc.callbacks, 2026-12-03). Their objects are
+    freed by reference counting as they answer; nothing cyclic is lost, only looked for once
+    the wake is over. The collector is the process's: the other threads' cyclic garbage waits
+    as long (half a second for 10,000 answers on this machine).
+    """
     if not watches:
         return
     pause = gc.isenabled()
