@@ -7,7 +7,8 @@ autovacuum would have done in a deployment past its first minute (`_analyze` say
 
 The baseline, measured in the same run: etcd's v3 gateway (`PUT` of the same bytes under 1,000
 keys) when `etcd` is installed (apt-get install etcd-server), else the trivial FastAPI app
-accepting the same body with POST.
+accepting the same body with POST. It is measured at the start of every round, and each round's
+ratios are taken against it (the machine's speed drifts within minutes); the medians are printed.
 
 Usage: python -m bench.write_http [--duration 5s] [--rounds 3]
 Targets (issue 14): PUT >= 0.25 x etcd's put rate, p99 < 50 ms; one writer p50 < 5 ms; PATCH and
@@ -265,12 +266,14 @@ def main() -> None:
                 f"{'':28} {'writes/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs baseline':>12} "
                 f"{'API CPU ms/write':>17}"
             )
-            base = _wrk(base_url, baseline, args.duration, 16)
-            print(f"{baseline_name:28} {base['rate']:9.0f} {base['p50']:8.2f} {base['p99']:8.2f}")
-            # Rounds in turn (PUT, PATCH, update, PUT, ...): the store grows as the run goes, so
-            # a fixed order would hand the later kinds a bigger table. Medians of the rounds.
+            # Rounds in turn (baseline, PUT, PATCH, update, baseline, ...): the store grows as
+            # the run goes, so a fixed order would hand the later kinds a bigger table; and the
+            # machine's speed drifts by a tenth or more within minutes, so each round's ratio is
+            # taken against the baseline measured just before it. Medians of the rounds.
+            bases: list[dict[str, float]] = []
             runs: dict[str, list[dict[str, float]]] = {name: [] for name in scripts}
             for _ in range(args.rounds):
+                bases.append(_wrk(base_url, baseline, args.duration, 16))
                 for name, script in scripts.items():
                     cpu = _cpu_seconds(server.pid)
                     found = _wrk(api, script, args.duration, 16)
@@ -278,17 +281,24 @@ def main() -> None:
                     found["cpu"] = (
                         1000 * (_cpu_seconds(server.pid) - cpu) / (found["rate"] * seconds)
                     )
+                    found["ratio"] = found["rate"] / bases[-1]["rate"]
                     runs[name].append(found)
-            rates = {}
-            for name, found in runs.items():
+            base = {k: statistics.median(b[k] for b in bases) for k in ("rate", "p50", "p99")}
+            print(f"{baseline_name:28} {base['rate']:9.0f} {base['p50']:8.2f} {base['p99']:8.2f}")
+            rates: dict[str, float] = {}
+            for name, measured in runs.items():
                 med = {
-                    k: statistics.median(r[k] for r in found) for k in ("rate", "p50", "p99", "cpu")
+                    k: statistics.median(r[k] for r in measured)
+                    for k in ("rate", "p50", "p99", "cpu", "ratio")
                 }
                 rates[name] = med["rate"]
                 print(
                     f"{name:28} {med['rate']:9.0f} {med['p50']:8.2f} {med['p99']:8.2f} "
-                    f"{med['rate'] / base['rate']:11.3f}x {med['cpu']:17.2f}"
+                    f"{med['ratio']:11.3f}x {med['cpu']:17.2f}"
                 )
+            each = ", ".join(f"{r['ratio']:.3f}x" for r in runs["PUT"])
+            baselines = ", ".join(f"{b['rate']:.0f}" for b in bases)
+            print(f"each round's PUT / baseline: {each} (the baseline's rates: {baselines}/s)")
             for name in ("PATCH", "POST /config/update"):
                 print(f"{name} / PUT: {rates[name] / rates['PUT']:.3f} (medians of {args.rounds})")
             # Alone means alone: not beside the worker still applying the loaded runs' events.
