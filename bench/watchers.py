@@ -110,7 +110,6 @@ class _Watcher(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self._transport.write(self._request)
-        self._held.ready += 1
 
     def data_received(self, data: bytes) -> None:
         if self._answered:
@@ -135,7 +134,6 @@ class Held:
     def __init__(self, port: int, request: bytes, count: int) -> None:
         self.answered: list[float] = []
         self.dropped: list[str] = []
-        self.ready = 0
         self.count = count
         self._port = port
         self._request = request
