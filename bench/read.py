@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -97,8 +98,15 @@ TRIVIAL_UVICORN = [
 
 
 def serve(
-    args: list[str], env: dict[str, str], port: int, log: Path | None = None
+    args: list[str],
+    env: dict[str, str],
+    port: int,
+    log: Path | None = None,
+    *,
+    answers: bool = True,
 ) -> subprocess.Popen[bytes]:
+    """Start a server; ready when it answers GET /docs, or, for one that holds every request
+    (`answers=False`: bench/bare_server.py), when its port accepts a connection."""
     process = subprocess.Popen(
         args,
         env=env,
@@ -109,9 +117,12 @@ def serve(
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1)
+            if answers:
+                httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1)
+            else:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return process
-        except httpx.HTTPError:
+        except (httpx.HTTPError, OSError):
             time.sleep(0.2)
     raise SystemExit(f"server on port {port} did not start")
 

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import resource
-import signal
 import socket
 import subprocess
 import sys
@@ -41,6 +39,7 @@ import uvloop
 from sqlalchemy import text
 
 from bench._common import MASTER_KEY, fresh_database, percentile
+from bench.pipeline import stop
 from bench.read import TRIVIAL_UVICORN, serve, server_env
 from bench.read_many import resident_kib
 from configsync.db import make_engine
@@ -259,24 +258,6 @@ class _Writer:
             self._patch(session, "bench", "prod", {"WOKEN": True}, self._ctx)
 
 
-def _start(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    """A server that answers no request until released: ready when its port accepts."""
-    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return process
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"server on port {port} did not start")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=30)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--watchers", type=int, default=1000)
@@ -299,7 +280,7 @@ def main() -> None:
             )
             ours = uvloop.run(_ours(args, url, server.pid, key))
         finally:
-            _stop(server)
+            stop(server)
         body = Path(tmp) / "body.json"
         body.write_bytes(answer.content)
         one_worker = [*TRIVIAL_UVICORN, "--port", str(TRIVIAL_PORT), "bench.trivial_app:app"]
@@ -308,14 +289,17 @@ def main() -> None:
         try:
             baseline = uvloop.run(_trivial(args))
         finally:
-            _stop(trivial)
-        bare = _start(
-            [sys.executable, "-m", "bench.bare_server", str(BARE_PORT), str(body)], env, BARE_PORT
+            stop(trivial)
+        bare = serve(
+            [sys.executable, "-m", "bench.bare_server", str(BARE_PORT), str(body)],
+            env,
+            BARE_PORT,
+            answers=False,
         )
         try:
             floor = uvloop.run(_bare(args))
         finally:
-            _stop(bare)
+            stop(bare)
     p99 = percentile(ours, 99)
     print(
         f"wake p99, ConfigSync / the trivial app: {p99 / percentile(baseline, 99):.2f} "
